@@ -1,0 +1,137 @@
+"""Whole-network latency: per-layer staircase models plus a measured residual.
+
+``predict(channels) = sum_l scale_l * L_l(in_l, out_l) + residual``, where ``L_l`` is the
+layer's :class:`~onnx_hwprune.cost_models.staircase.StaircaseModel` (micro-benchmarks),
+``scale_l`` calibrates it to the layer's measured in-context time (1.0 where the target has
+no per-node profiler), and ``residual`` is the measured time of everything that is not a
+prunable layer (pooling, adds, layout reorders, runtime overhead), held constant. At the
+unpruned channel counts the prediction equals the measured whole-model latency by
+construction; pruned variants are where it is tested (:func:`prediction_report`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from onnx_hwprune.cost_models.staircase import Estimate, StaircaseModel
+
+__all__ = ["LayerEntry", "NetworkCostModel", "prediction_report"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LayerEntry:
+    """One layer of the network with its model and calibration.
+
+    Attributes:
+        node: the layer's node name; ``in_channels``/``out_channels``: unpruned counts.
+        model: its staircase model; ``scale``: in-context / micro-benchmark at full counts.
+    """
+
+    node: str
+    in_channels: int
+    out_channels: int
+    model: StaircaseModel
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class NetworkCostModel:
+    """Predicts a network's latency for any channel counts of its prunable layers.
+
+    Attributes:
+        target, fingerprint_hash: where the numbers were measured.
+        layers: the prunable layers, in graph order.
+        residual_ms: measured time of the non-pruned part.
+        measured_full_ms: measured whole-model latency at full counts (None if unknown).
+    """
+
+    target: str
+    fingerprint_hash: str
+    layers: tuple[LayerEntry, ...]
+    residual_ms: float
+    measured_full_ms: float | None = None
+
+    def layer(self, node: str) -> LayerEntry:
+        """The entry of layer ``node`` (KeyError names the node)."""
+        for entry in self.layers:
+            if entry.node == node:
+                return entry
+        raise KeyError(f"no prunable layer named {node!r}")
+
+    def layer_latency(self, node: str, in_ch: int, out_ch: int) -> Estimate:
+        """Calibrated latency of one layer at (in, out) channels, with provenance."""
+        entry = self.layer(node)
+        est = entry.model.latency(in_ch, out_ch)
+        return Estimate(est.ms * entry.scale, est.provenance)
+
+    def stair_edges(self, node: str, axis: str) -> list[tuple[int, float]]:
+        """Largest count at each latency level of ``node`` along ``axis`` (calibrated ms)."""
+        entry = self.layer(node)
+        return [(c, ms * entry.scale) for c, ms in entry.model.stair_edges(axis)]
+
+    def predict(self, channels: Mapping[str, tuple[int, int]] | None = None) -> float:
+        """Network latency in ms; layers missing from ``channels`` keep their full counts."""
+        return self.predict_detail(channels)["total_ms"]
+
+    def predict_detail(self, channels: Mapping[str, tuple[int, int]] | None = None) -> dict:
+        """Total, per-layer estimates and a count of provenances."""
+        channels = channels or {}
+        per_layer, provenance = {}, {"measured": 0, "interpolated": 0, "estimated": 0}
+        for entry in self.layers:
+            i, o = channels.get(entry.node, (entry.in_channels, entry.out_channels))
+            est = self.layer_latency(entry.node, i, o)
+            per_layer[entry.node] = est
+            provenance[est.provenance] += 1
+        total = sum(e.ms for e in per_layer.values()) + self.residual_ms
+        return {"total_ms": total, "layers": per_layer, "provenance": provenance}
+
+    def to_dict(self) -> dict:
+        """JSON-able form (models included)."""
+        return {
+            "target": self.target,
+            "fingerprint_hash": self.fingerprint_hash,
+            "residual_ms": self.residual_ms,
+            "measured_full_ms": self.measured_full_ms,
+            "layers": [
+                {
+                    "node": e.node,
+                    "in": e.in_channels,
+                    "out": e.out_channels,
+                    "scale": e.scale,
+                    "model": e.model.to_dict(),
+                }
+                for e in self.layers
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> NetworkCostModel:
+        """Inverse of :meth:`to_dict`."""
+        layers = tuple(
+            LayerEntry(
+                x["node"], x["in"], x["out"], StaircaseModel.from_dict(x["model"]), x["scale"]
+            )
+            for x in d["layers"]
+        )
+        return cls(
+            d["target"], d["fingerprint_hash"], layers, d["residual_ms"], d.get("measured_full_ms")
+        )
+
+
+def prediction_report(cases: list[tuple[str, float, float]]) -> dict:
+    """Predicted vs measured: rows of (label, predicted, measured, error) and the MAPE.
+
+    Args:
+        cases: (label, predicted_ms, measured_ms) triples.
+    """
+    rows = [
+        {"label": label, "predicted_ms": p, "measured_ms": m, "error": (p - m) / m}
+        for label, p, m in cases
+    ]
+    mape = sum(abs(r["error"]) for r in rows) / len(rows) if rows else 0.0
+    worst = max((abs(r["error"]) for r in rows), default=0.0)
+    return {"rows": rows, "mape": mape, "max_abs_error": worst}

@@ -1,0 +1,407 @@
+"""Staircase detection and the staircase cost model of one layer.
+
+Deployment libraries make latency vs channel count a staircase: flat within a block of the
+library's channel tile, a jump at the next block (out-channels of an onnxruntime NCHWc conv
+step every 16 on AVX-512), plus *cliffs*: counts off an alignment fall back to a slower
+kernel (an in-channel count that is not a multiple of 4 is 1.6x slower). This module
+finds both with few measurements, along one channel axis at a time:
+
+1. **Alignment probes.** Measure the full count ``N`` and, for each 2-adic class
+   (odd, 2 mod 4, 4 mod 8, 8 mod 16, multiple of 16), the largest count below ``N`` in it.
+   A class slower than a larger, better-aligned count is *penalised*; the alignment ``A``
+   is the smallest power of two above every penalised class.
+2. **Coarse probes** on the lattice of multiples of ``A`` in ``[lo, N]`` (``lo`` is
+   ``min_keep * N``; pruning more than that is out of the modelled range).
+3. **Refinement** (LOCP's three-point stair-step discrimination): an interval ``(a, b)``
+   whose end latencies differ by more than the noise threshold gets a probe ``m``. If
+   ``(a, m, b)`` lie on a line within the noise, the interval is smooth (many small steps
+   below the noise, as in wide layers) and is interpolated; otherwise it is split and each
+   half is examined again, down to adjacent lattice points, which locates the stair edge.
+   Once an edge is known, the edges' GCD is taken as the period and later probes go to
+   the predicted edge instead of the midpoint, which verifies a step in one or two
+   measurements instead of a bisection.
+
+The result, :class:`AxisProfile`, is plain data. :class:`StaircaseModel` combines the
+axes of a layer: for a dense layer ``latency(i, o) = L_out(o) * L_in(i) / L(N_in, N_out)``
+(exact when only one axis is pruned; a separable estimate otherwise).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+__all__ = [
+    "AxisProfile",
+    "Estimate",
+    "SearchConfig",
+    "StaircaseModel",
+    "detect_axis",
+    "exhaustive_axis",
+]
+
+logger = logging.getLogger(__name__)
+
+MeasureFn = Callable[[list[int]], dict[int, tuple[float, float]]]
+"""``measure(counts) -> {count: (median_ms, relative_spread)}`` along one axis."""
+
+_MAX_VALUATION = 4  # classes: odd, 2 mod 4, 4 mod 8, 8 mod 16, multiple of 16
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Knobs of the detector.
+
+    Attributes:
+        coarse: number of coarse intervals over the modelled range.
+        min_keep: smallest modelled fraction of the full count.
+        k_noise: a jump counts when it exceeds ``k_noise`` times the measured spread...
+        rel_floor: ...and this fraction of the latency (noise floor of a shared machine).
+        max_fraction, min_points: refinement stops when ``max(min_points, max_fraction *
+            range)`` counts of this axis are measured.
+    """
+
+    coarse: int = 4
+    min_keep: float = 0.25
+    k_noise: float = 2.0
+    rel_floor: float = 0.04
+    max_fraction: float = 0.12
+    min_points: int = 16
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A predicted latency and where it comes from: measured | interpolated | estimated."""
+
+    ms: float
+    provenance: str
+
+
+@dataclass(frozen=True)
+class AxisProfile:
+    """What the detector learnt about one axis; plain, JSON-able data.
+
+    Attributes:
+        full: the unpruned count ``N``; ``lo``: smallest modelled count.
+        align: lattice step ``A``; penalties: (2-adic class, factor) for penalised classes.
+        points: measured (count, ms, spread), sorted by count.
+    """
+
+    full: int
+    lo: int
+    align: int
+    points: tuple[tuple[int, float, float], ...]
+    penalties: tuple[tuple[int, float], ...] = field(default=())
+    rel_floor: float = 0.04
+
+    def to_dict(self) -> dict:
+        return {
+            "full": self.full,
+            "lo": self.lo,
+            "align": self.align,
+            "points": [list(p) for p in self.points],
+            "penalties": [list(p) for p in self.penalties],
+            "rel_floor": self.rel_floor,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> AxisProfile:
+        return cls(
+            d["full"],
+            d["lo"],
+            d["align"],
+            tuple(tuple(p) for p in d["points"]),
+            tuple(tuple(p) for p in d["penalties"]),
+            d.get("rel_floor", 0.04),
+        )
+
+    def latency(self, count: int) -> Estimate:
+        """Latency at ``count`` channels on this axis (others at full)."""
+        measured = {c: ms for c, ms, _ in self.points}
+        if count in measured:
+            return Estimate(measured[count], "measured")
+        ms = _interpolate(self._lattice_points(), count)
+        factor = dict(self.penalties).get(_valuation(count), 1.0)
+        on_lattice = count % self.align == 0
+        if not on_lattice and factor != 1.0:
+            return Estimate(ms * factor, "estimated")
+        return Estimate(ms, "interpolated" if self.lo <= count <= self.full else "estimated")
+
+    def stair_edges(self, tol: float | None = None) -> list[tuple[int, float]]:
+        """The largest count at each latency level: counts faster than every larger count
+        by more than ``tol`` (default: the noise floor), largest first."""
+        tol = self.rel_floor if tol is None else tol
+        edges, best = [], math.inf
+        for c in range(self.full, self.lo - 1, -1):
+            ms = self.latency(c).ms
+            if ms < best * (1 - tol):
+                edges.append((c, ms))
+                best = ms
+        return edges
+
+    def _lattice_points(self) -> list[tuple[int, float]]:
+        pts = [(c, ms) for c, ms, _ in self.points if c % self.align == 0 or self.align == 1]
+        return pts or [(c, ms) for c, ms, _ in self.points]
+
+
+def detect_axis(measure: MeasureFn, full: int, config: SearchConfig | None = None) -> AxisProfile:
+    """Find the staircase of one axis with few calls to ``measure`` (see module doc)."""
+    config = config or SearchConfig()
+    lo = max(1, math.ceil(full * config.min_keep))
+    data: dict[int, tuple[float, float]] = {}
+    data.update(measure(_alignment_probes(full, lo)))
+    penalised = _penalised_classes(data, full, config)
+    align = 2 ** (max(penalised) + 1) if penalised else 1
+    lattice = [c for c in range(lo, full + 1) if c % align == 0] or [full]
+    coarse = _coarse_probes(lattice, config.coarse)
+    data.update(measure([c for c in coarse if c not in data]))
+    budget = max(config.min_points, int(config.max_fraction * (full - lo + 1)))
+    _refine(measure, data, lattice, align, config, budget)
+    lattice_pts = [(c, data[c][0]) for c in sorted(data) if c % align == 0]
+    # Every class below the alignment gets its own measured factor, flagged or not: a
+    # class finer than a penalised one cannot be better aligned.
+    penalties = tuple(
+        (v, data[c][0] / _interpolate(lattice_pts, c))
+        for v, c in _class_probes(full, lo).items()
+        if 2**v < align and c in data
+    )
+    points = tuple((c, ms, sp) for c, (ms, sp) in sorted(data.items()))
+    return AxisProfile(full, lo, align, points, penalties, config.rel_floor)
+
+
+def exhaustive_axis(measure: MeasureFn, full: int, lo: int = 1) -> AxisProfile:
+    """Measure every count in ``[lo, full]``: the reference the detector is judged by."""
+    data = measure(list(range(lo, full + 1)))
+    points = tuple((c, ms, sp) for c, (ms, sp) in sorted(data.items()))
+    return AxisProfile(full, lo, 1, points)
+
+
+def _valuation(count: int) -> int:
+    """Number of trailing zero bits of ``count``, capped at ``_MAX_VALUATION``."""
+    v = 0
+    while count % 2 == 0 and v < _MAX_VALUATION:
+        count //= 2
+        v += 1
+    return v
+
+
+def _class_probes(full: int, lo: int) -> dict[int, int]:
+    """For each 2-adic class, the largest count in ``[lo, full]`` belonging to it."""
+    probes = {}
+    for v in range(_MAX_VALUATION + 1):
+        c = full
+        while c >= lo and _valuation(c) != v:
+            c -= 1
+        if c >= lo:
+            probes[v] = c
+    return probes
+
+
+def _alignment_probes(full: int, lo: int) -> list[int]:
+    return sorted({full, *_class_probes(full, lo).values()})
+
+
+def _penalised_classes(data, full: int, config: SearchConfig) -> set[int]:
+    """Classes measured slower than some larger count of a better-aligned class."""
+    probes = _class_probes(full, 1)
+    penalised = set()
+    for v, c in probes.items():
+        if c not in data:
+            continue
+        refs = [data[r][0] for u, r in probes.items() if u > v and r > c and r in data]
+        ms = data[c][0]
+        noise = max(config.rel_floor, config.k_noise * data[c][1])
+        if refs and ms > min(refs) * (1 + noise):
+            penalised.add(v)
+    return penalised
+
+
+def _coarse_probes(lattice: list[int], n: int) -> list[int]:
+    """``n + 1`` lattice points spread over the range, snapped to round counts."""
+    lo, hi = lattice[0], lattice[-1]
+    spacing = max(1, (hi - lo) / max(1, n))
+    # Library tiles are powers of two: probes at round counts tend to sit on stair edges.
+    snap = 2 ** min(4, round(math.log2(spacing)))
+    members = set(lattice)
+    out = {lo, hi}
+    for j in range(1, n):
+        target = lo + j * spacing
+        cand = [c for c in lattice if c % snap == 0] or lattice
+        best = min(cand, key=lambda c: abs(c - target))
+        if best in members:
+            out.add(best)
+    return sorted(out)
+
+
+def _threshold(a, b, config: SearchConfig) -> float:
+    (la, sa), (lb, sb) = a, b
+    return max(config.k_noise * max(la * sa, lb * sb), config.rel_floor * max(la, lb))
+
+
+def _refine(measure, data, lattice, align, config, budget) -> None:
+    """Split intervals whose ends differ by more than the noise until edges are found."""
+    members = set(lattice)
+    known = sorted(c for c in data if c in members)
+    intervals = list(zip(known, known[1:], strict=False))
+    while intervals and len(data) < budget:
+        period = _period(data, known, align, config)
+        probes = _choose_probes(data, intervals, align, period, config)
+        if not probes:
+            break
+        data.update(measure(sorted(set(probes.values()) - set(data))))
+        intervals = _split(data, probes, config) + [
+            iv for iv in intervals if iv not in probes and _needs_probe(data, iv, align, config)
+        ]
+        known = sorted(c for c in data if c in members)
+
+
+def _needs_probe(data, iv, align, config) -> bool:
+    a, b = iv
+    return b - a > align and abs(data[b][0] - data[a][0]) > _threshold(data[a], data[b], config)
+
+
+def _choose_probes(data, intervals, align, period, config) -> dict[tuple[int, int], int]:
+    """One probe per open interval; before a period is known, only the widest jump."""
+    open_ivs = [iv for iv in intervals if _needs_probe(data, iv, align, config)]
+    if period is None and open_ivs:
+        # Bisect one interval first: its edge gives the period for all the others.
+        open_ivs = [max(open_ivs, key=lambda iv: abs(data[iv[1]][0] - data[iv[0]][0]))]
+    return {iv: _probe_in(iv, align, period) for iv in open_ivs}
+
+
+def _probe_in(iv: tuple[int, int], align: int, period: int | None) -> int:
+    a, b = iv
+    if period:
+        predicted = [e for e in range(-(-a // period) * period, b, period) if a <= e < b]
+        if predicted:
+            e = predicted[len(predicted) // 2]
+            return a + align if e == a else e
+    mid = (a + b) // 2
+    return max(a + align, min(b - align, mid - mid % align))
+
+
+def _split(data, probes, config) -> list[tuple[int, int]]:
+    out = []
+    for (a, b), m in probes.items():
+        chord = data[a][0] + (data[b][0] - data[a][0]) * (m - a) / (b - a)
+        if abs(data[m][0] - chord) > _threshold(data[a], data[b], config):
+            out += [(a, m), (m, b)]
+    return out
+
+
+def _period(data, known, align, config) -> int | None:
+    """GCD of the stair edges found so far (adjacent lattice points with a jump)."""
+    edges = [
+        a
+        for a, b in zip(known, known[1:], strict=False)
+        if b - a == align and data[b][0] - data[a][0] > _threshold(data[a], data[b], config)
+    ]
+    if not edges:
+        return None
+    g = 0
+    for e in edges:
+        g = math.gcd(g, e)
+    # Tiles are powers of two: one edge at 48 suggests a period of 16, not 48.
+    g = g & -g
+    return g if g >= 2 * align else None
+
+
+def _interpolate(points: list[tuple[int, float]], count: int) -> float:
+    """Piecewise-linear through ``points``; flat beyond the top, proportional below."""
+    if not points:
+        raise ValueError("no measured points")
+    if count >= points[-1][0]:
+        return points[-1][1]
+    if count <= points[0][0]:
+        c0, l0 = points[0]
+        return l0 * max(0.5, count / c0)
+    for (c0, l0), (c1, l1) in zip(points, points[1:], strict=False):
+        if c0 <= count <= c1:
+            return l0 + (l1 - l0) * (count - c0) / (c1 - c0)
+    return points[-1][1]
+
+
+@dataclass(frozen=True)
+class StaircaseModel:
+    """Latency of one layer signature at any (in, out) channel counts.
+
+    Attributes:
+        signature_key: the :meth:`LayerSignature.key` it models.
+        group_kind: ``dense`` (axes ``in``/``out``) or tied (axis ``ch``).
+        full_in, full_out: the unpruned counts; ``full_ms``: measured latency there.
+        axes: (axis name, :class:`AxisProfile`) pairs; a missing axis is not prunable.
+        per_ch: for tied axes, (in, out) channels per unit of ``ch`` (1, multiplier) for
+            depthwise, (in_per_group, out_per_group) for grouped.
+    """
+
+    signature_key: str
+    group_kind: str
+    full_in: int
+    full_out: int
+    full_ms: float
+    axes: tuple[tuple[str, AxisProfile], ...]
+    per_ch: tuple[int, int] = (1, 1)
+
+    def axis(self, name: str) -> AxisProfile | None:
+        """The profile of axis ``name`` or None."""
+        return dict(self.axes).get(name)
+
+    def latency(self, in_ch: int, out_ch: int) -> Estimate:
+        """Predicted latency at (``in_ch``, ``out_ch``) with its provenance."""
+        if self.group_kind != "dense":
+            return self._axis_latency("ch", in_ch // self.per_ch[0], self.full_in // self.per_ch[0])
+        if in_ch == self.full_in:
+            return self._axis_latency("out", out_ch, self.full_out)
+        if out_ch == self.full_out:
+            return self._axis_latency("in", in_ch, self.full_in)
+        by_out = self._axis_latency("out", out_ch, self.full_out)
+        by_in = self._axis_latency("in", in_ch, self.full_in)
+        return Estimate(by_out.ms * by_in.ms / self.full_ms, "estimated")
+
+    def stair_edges(self, axis: str, tol: float | None = None) -> list[tuple[int, float]]:
+        """Largest channel count at each latency level along ``axis`` (others at full),
+        in channels of that axis (for ``ch``: in-channels), largest first."""
+        prof = self.axis(axis)
+        if prof is None:
+            full = self.full_out if axis == "out" else self.full_in
+            return [(full, self.full_ms)]
+        scale = self.per_ch[0] if axis == "ch" else 1
+        return [(c * scale, ms) for c, ms in prof.stair_edges(tol)]
+
+    def measured_points(self) -> int:
+        """Number of distinct measured points behind this model."""
+        return len({(name, c) for name, prof in self.axes for c, _, _ in prof.points})
+
+    def _axis_latency(self, name: str, count: int, full: int) -> Estimate:
+        prof = self.axis(name)
+        if count == full:
+            return Estimate(self.full_ms, "measured")
+        if prof is None:
+            return Estimate(self.full_ms * count / full, "estimated")
+        return prof.latency(count)
+
+    def to_dict(self) -> dict:
+        return {
+            "signature": self.signature_key,
+            "group_kind": self.group_kind,
+            "full_in": self.full_in,
+            "full_out": self.full_out,
+            "full_ms": self.full_ms,
+            "axes": {n: p.to_dict() for n, p in self.axes},
+            "per_ch": list(self.per_ch),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> StaircaseModel:
+        axes = tuple((n, AxisProfile.from_dict(p)) for n, p in d["axes"].items())
+        return cls(
+            d["signature"],
+            d["group_kind"],
+            d["full_in"],
+            d["full_out"],
+            d["full_ms"],
+            axes,
+            tuple(d["per_ch"]),
+        )

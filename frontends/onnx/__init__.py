@@ -1,0 +1,33 @@
+"""The ONNX frontend: user files in, working IR (onnx-graphsurgeon Graph) out, and back."""
+
+from onnx_hwprune.frontends.onnx._graph import (
+    MIN_OPSET,
+    default_opset,
+    export_model,
+    load_graph,
+    normalize_model,
+    verify_model,
+)
+from onnx_hwprune.frontends.onnx._io import (
+    ModelSource,
+    check_output_path,
+    read_model,
+    serialize,
+    write_bytes_atomic,
+)
+from onnx_hwprune.frontends.onnx._shapes import parse_input_shapes
+
+__all__ = [
+    "MIN_OPSET",
+    "ModelSource",
+    "check_output_path",
+    "default_opset",
+    "export_model",
+    "load_graph",
+    "normalize_model",
+    "parse_input_shapes",
+    "read_model",
+    "serialize",
+    "verify_model",
+    "write_bytes_atomic",
+]

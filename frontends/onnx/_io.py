@@ -1,0 +1,104 @@
+"""Reading and writing ONNX files: one place for the rules about user files.
+
+Rules: the input is never modified; the output is written atomically (a temporary file in
+the destination folder, then ``os.replace``), serialised deterministically, so the same
+input and options give a byte-identical file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from onnx_hwprune.errors import UserError
+
+__all__ = ["ModelSource", "read_model", "serialize", "write_bytes_atomic", "check_output_path"]
+
+ModelSource = str | os.PathLike | bytes | onnx.ModelProto
+
+
+def read_model(source: ModelSource) -> onnx.ModelProto:
+    """Read a model from a path, serialized bytes or a ``ModelProto`` (which is copied).
+
+    External data is loaded from beside the file when the source is a path.
+    """
+    if isinstance(source, onnx.ModelProto):
+        copy = onnx.ModelProto()
+        copy.CopyFrom(source)
+        return copy
+    if isinstance(source, bytes):
+        return _parse(source, "the given bytes")
+    path = Path(source)
+    if not path.is_file():
+        raise UserError(f"input model not found: {path}")
+    model = _parse(path.read_bytes(), str(path))
+    if _uses_external_data(model):
+        try:
+            onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot read external data of {path}: {exc}") from None
+    return model
+
+
+def _parse(data: bytes, what: str) -> onnx.ModelProto:
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except (DecodeError, RuntimeWarning, ValueError) as exc:
+        raise UserError(f"{what} is not an ONNX model (protobuf parse failed: {exc})") from None
+    if not model.HasField("graph") or not model.graph.node:
+        raise UserError(f"{what} is not an ONNX model (no graph or no nodes)")
+    return model
+
+
+def _uses_external_data(model: onnx.ModelProto) -> bool:
+    return any(
+        t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer
+    )
+
+
+def serialize(model: onnx.ModelProto) -> bytes:
+    """Deterministic bytes: map fields in a fixed order."""
+    return model.SerializeToString(deterministic=True)
+
+
+def check_output_path(out: str | os.PathLike, inp: str | os.PathLike | None = None) -> Path:
+    """Fail early (before any work) when OUT cannot be written or would overwrite IN."""
+    out_path = Path(out)
+    if inp is not None and _same_file(Path(inp), out_path):
+        raise UserError(f"output {out_path} is the input file; choose another path")
+    parent = out_path.parent if str(out_path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserError(f"cannot write {out_path}: folder {parent} does not exist")
+    if out_path.is_dir():
+        raise UserError(f"cannot write {out_path}: it is a folder")
+    if not os.access(parent, os.W_OK) or (out_path.exists() and not os.access(out_path, os.W_OK)):
+        raise UserError(f"cannot write {out_path}: permission denied")
+    return out_path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write all of ``data`` or nothing: readers never see a partial file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None

@@ -1,0 +1,5 @@
+import sys
+
+from onnx_hwprune.cli import main
+
+sys.exit(main())

@@ -1,0 +1,233 @@
+"""``onnx-hwprune profile``: measure a model's layers on a target into the profile database.
+
+Usage::
+
+    onnx-hwprune profile IN.onnx --target cpu [--threads N] [--time-budget S]
+                         [--exhaustive] [--plot DIR] [--profile-db PATH] [--rebuild]
+    onnx-hwprune profile export FILE.json [--profile-db PATH]
+    onnx-hwprune profile import FILE.json [--profile-db PATH]
+
+Profiling is resumable: points already in the database are not measured again, so an
+interrupted run (Ctrl-C, ``--time-budget``) continues where it stopped. The summary (one
+line per layer signature) goes to stdout; the progress bar goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from onnx_hwprune.errors import UserError
+
+__all__ = ["HELP", "NAME", "add_arguments", "run"]
+
+logger = logging.getLogger(__name__)
+
+NAME = "profile"
+HELP = "measure latency vs channel count of a model's layers on a target (profile DB)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the ``profile`` verb (target choices come from the target registry)."""
+    from onnx_hwprune.runtime.targets import target_names
+
+    parser.add_argument("source", help="IN model (.onnx), or 'export' / 'import'")
+    parser.add_argument("file", nargs="?", help="JSON file for export/import")
+    parser.add_argument("--target", default="cpu", choices=target_names())
+    parser.add_argument(
+        "--threads", type=int, default=None, help="intra-op threads (default: physical cores)"
+    )
+    parser.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        metavar="S",
+        help="stop after S seconds; rerun to resume",
+    )
+    parser.add_argument(
+        "--exhaustive",
+        action="store_true",
+        help="measure every channel count instead of detecting stairs",
+    )
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write one PNG per layer signature into DIR",
+    )
+    parser.add_argument(
+        "--profile-db",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="SQLite profile database (default: in the user cache dir)",
+    )
+    parser.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="move an unreadable profile database aside and start anew",
+    )
+    parser.add_argument(
+        "--tune-trials",
+        type=int,
+        default=0,
+        metavar="N",
+        help="tvm-llvm: MetaSchedule trials per layer (0: default schedules)",
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also write the network cost model as JSON",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the verb; returns the exit code (3: time budget reached, rerun to resume)."""
+    db = _open_db(args.profile_db, args.rebuild)
+    with db:
+        if args.source in ("export", "import"):
+            return _export_import(db, args.source, args.file)
+        return _profile(db, args)
+
+
+def _open_db(path: Path | None, rebuild: bool):
+    from onnx_hwprune.cost_models.profile_db import ProfileDB
+
+    if rebuild:
+        db, backup = ProfileDB.rebuild(path)
+        if backup:
+            print(f"profile database moved aside to {backup}", file=sys.stderr)
+        return db
+    return ProfileDB(path)
+
+
+def _export_import(db, verb: str, file: str | None) -> int:
+    if not file:
+        raise UserError(f"profile {verb} needs a FILE argument")
+    if verb == "export":
+        Path(file).write_text(json.dumps(db.export_json(), indent=1), encoding="utf-8")
+        print(f"exported {db.count()} measurements to {file}")
+        return 0
+    try:
+        doc = json.loads(Path(file).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot read profile export {file}: {exc}") from None
+    print(f"imported {db.import_json(doc)} measurements into {db.path}")
+    return 0
+
+
+def _profile(db, args: argparse.Namespace) -> int:
+    from onnx_hwprune.runtime.profiler import BudgetExceeded, ProfileOptions, build_cost_model
+    from onnx_hwprune.runtime.targets import get_target
+
+    if not Path(args.source).is_file():
+        raise UserError(f"input model {args.source} not found")
+    if args.threads is not None and args.threads < 1:
+        raise UserError("--threads must be at least 1")
+    target = get_target(args.target)
+    extra = {"tune_trials": args.tune_trials} if args.tune_trials else {}
+    backend = target.make_backend(threads=args.threads, **extra)
+    options = ProfileOptions(exhaustive=args.exhaustive, time_budget_s=args.time_budget)
+    bar = ProgressBar(sys.stderr)
+    try:
+        cost = build_cost_model(args.source, backend, args.target, db, options, bar.update)
+    except BudgetExceeded as exc:
+        bar.finish()
+        print(f"{exc}; {bar.measured} new measurements saved in {db.path}; rerun to resume")
+        return 3
+    bar.finish()
+    _print_summary(cost, target.source, bar)
+    if args.json:
+        args.json.write_text(json.dumps(cost.to_dict(), indent=1), encoding="utf-8")
+    if args.plot:
+        _plot(cost, args.plot)
+    return 0
+
+
+class ProgressBar:
+    """A plain-text progress bar on a stream: layer signatures done, points measured."""
+
+    def __init__(self, stream, width: int = 30):
+        self.stream, self.width = stream, width
+        self.measured, self.start = 0, time.monotonic()
+
+    def update(self, index: int, count: int, newly: int, label: str) -> None:
+        """Progress callback for :func:`build_cost_model`."""
+        self.measured += newly
+        filled = int(self.width * index / max(1, count))
+        bar = "#" * filled + "." * (self.width - filled)
+        line = f"[{bar}] {index + 1}/{count} sig, {self.measured} meas, "
+        line += f"{time.monotonic() - self.start:5.0f}s {label}"
+        self.stream.write("\r" + line[:118].ljust(118))
+        self.stream.flush()
+
+    def finish(self) -> None:
+        """End the bar's line."""
+        self.stream.write("\n")
+        self.stream.flush()
+
+
+def _print_summary(cost, source: str, bar: ProgressBar) -> None:
+    print(f"target {cost.target} ({source}); device {cost.fingerprint_hash}")
+    print(f"{bar.measured} new measurements in {time.monotonic() - bar.start:.1f}s")
+    print(
+        f"whole model measured {cost.measured_full_ms:.3f} ms; "
+        f"residual (non-pruned ops) {cost.residual_ms:.3f} ms"
+    )
+    seen = set()
+    for e in cost.layers:
+        key = (e.model.signature_key, e.in_channels, e.out_channels)
+        if key in seen:
+            continue
+        seen.add(key)
+        edges = {a: [c for c, _ in e.model.stair_edges(a)][:6] for a, _ in e.model.axes}
+        print(
+            f"  {e.node:40s} {e.in_channels:5d}->{e.out_channels:<5d} "
+            f"{e.model.full_ms:8.3f} ms x{e.scale:.2f} edges {edges}"
+        )
+
+
+def _plot(cost, out_dir: Path) -> list[Path]:
+    """One PNG per layer signature: measured points, detected edges, the model's line."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UserError("--plot needs matplotlib (pip install onnx-hwprune[plot])") from None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written, seen = [], set()
+    for e in cost.layers:
+        key = (e.model.signature_key, e.in_channels, e.out_channels)
+        if key in seen or not e.model.axes:
+            continue
+        seen.add(key)
+        fig, axs = plt.subplots(1, len(e.model.axes), figsize=(6 * len(e.model.axes), 4))
+        for ax, (name, prof) in zip(getattr(axs, "flat", [axs]), e.model.axes, strict=False):
+            _plot_axis(ax, name, prof)
+        fig.suptitle(f"{e.node} ({e.in_channels}->{e.out_channels}), target {cost.target}")
+        path = out_dir / f"{e.node.replace('/', '_')}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def _plot_axis(ax, name: str, prof) -> None:
+    counts = list(range(prof.lo, prof.full + 1))
+    ax.plot(counts, [prof.latency(c).ms for c in counts], "-", lw=1, label="model")
+    ax.plot([p[0] for p in prof.points], [p[1] for p in prof.points], "o", ms=4, label="measured")
+    edges = prof.stair_edges()
+    ax.plot([c for c, _ in edges], [ms for _, ms in edges], "v", ms=6, label="stair edges")
+    ax.set_xlabel(f"{name} channels (align {prof.align})")
+    ax.set_ylabel("latency (ms)")
+    ax.legend(fontsize=8)

@@ -1,0 +1,85 @@
+"""The pruning report: JSON for machines, a short table for people. Deterministic (no
+timestamps, no absolute paths beyond what the user passed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from onnx_hwprune._version import __version__
+from onnx_hwprune.passes.analysis.groups import ChannelGroups
+from onnx_hwprune.passes.analysis.stats import ModelStats
+from onnx_hwprune.passes.plan.plan import Plan
+
+__all__ = ["build_report", "format_summary", "REPORT_SCHEMA"]
+
+REPORT_SCHEMA = "onnx-hwprune.report/1"
+
+
+def _layers(before: ModelStats, after: ModelStats) -> list[dict[str, Any]]:
+    after_by_node = after.by_node()
+    rows = []
+    for layer in before.layers:
+        new = after_by_node.get(layer.node, layer)
+        rows.append({
+            "node": layer.node,
+            "op": layer.op,
+            "in_channels": [layer.in_channels, new.in_channels],
+            "out_channels": [layer.out_channels, new.out_channels],
+            "params": [layer.params, new.params],
+            "macs": [layer.macs, new.macs],
+        })
+    return rows
+
+
+def build_report(
+    groups: ChannelGroups, plan: Plan, before: ModelStats, after: ModelStats, options: dict[str, Any]
+) -> dict[str, Any]:
+    pruned = plan.pruned_groups()
+    return {
+        "schema": REPORT_SCHEMA,
+        "tool": f"onnx-hwprune {__version__}",
+        "options": options,
+        "network": {
+            "params": [before.params, after.params],
+            "macs": [before.macs, after.macs],
+            "flops": [before.flops, after.flops],
+        },
+        "groups": {
+            "total": len(groups),
+            "prunable": len(groups.prunable),
+            "pruned": len(pruned),
+            "frozen": [
+                {"name": g.name, "size": g.size, "reasons": list(g.frozen_reasons)} for g in groups if g.frozen
+            ],
+        },
+        "layers": _layers(before, after),
+        "plan": plan.to_json(),
+    }
+
+
+def _ratio(pair: list[int]) -> str:
+    before, after = pair
+    return f"{before:,} -> {after:,} ({100.0 * (1 - after / before):.1f}% less)" if before else "n/a"
+
+
+def format_summary(report: dict[str, Any], max_rows: int = 12) -> str:
+    net, groups = report["network"], report["groups"]
+    lines = [
+        f"groups: {groups['total']} ({groups['prunable']} prunable, {groups['pruned']} pruned, "
+        f"{len(groups['frozen'])} frozen)",
+        f"params: {_ratio(net['params'])}",
+        f"MACs:   {_ratio(net['macs'])}",
+        "",
+        f"{'layer':40s} {'op':8s} {'in':>11s} {'out':>11s}",
+    ]
+    changed = [r for r in report["layers"] if r["in_channels"][0] != r["in_channels"][1]
+               or r["out_channels"][0] != r["out_channels"][1]]
+    for row in changed[:max_rows]:
+        lines.append(
+            f"{row['node'][:40]:40s} {row['op']:8s} "
+            f"{row['in_channels'][0]:>5d}->{row['in_channels'][1]:<5d}"
+            f"{row['out_channels'][0]:>5d}->{row['out_channels'][1]:<5d}"
+        )
+    if len(changed) > max_rows:
+        lines.append(f"... {len(changed) - max_rows} more layers changed (see --report)")
+    return "\n".join(lines)

@@ -1,0 +1,180 @@
+"""Pass infrastructure: passes, the state they transform, and the scoped context.
+
+Modelled on TVM's ``Sequential``/``PassContext`` and onnx ir-py's pass classes:
+
+- a :class:`Pass` is configured in ``__init__``, keeps no state between calls, and maps a
+  :class:`Module` to a *new* ``Module`` (the input is never modified);
+- :class:`Sequential` is a flat, named list of passes; an error names the passes that
+  had already run;
+- :class:`PassContext` (``with PassContext(...):``, read by ``PassContext.current()``)
+  carries what is shared by all passes: target, seed, instruments and typed, registered,
+  dotted config keys. An unknown key is an error that lists the candidates.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextvars
+import dataclasses
+import difflib
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnx_hwprune.errors import UserError
+from onnx_hwprune.passes.analysis.groups import ChannelGroups
+from onnx_hwprune.passes.plan.plan import Plan
+
+__all__ = [
+    "Module", "Pass", "Sequential", "PassContext", "PassInstrument", "PassError",
+    "ConfigKey", "CONFIG_KEYS", "TimingInstrument",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Module:
+    """What passes transform: the graph plus the analysis results computed so far."""
+
+    graph: gs.Graph
+    groups: ChannelGroups | None = None
+    scores: Mapping[str, np.ndarray] | None = None
+    plan: Plan | None = None
+
+    def replace(self, **changes: Any) -> Module:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class ConfigKey:
+    type: type
+    default: Any
+    doc: str
+
+
+CONFIG_KEYS: Mapping[str, ConfigKey] = {
+    "plan.min_channels": ConfigKey(int, 1, "no group keeps fewer channels than this"),
+    "plan.max_group_ratio": ConfigKey(float, 0.9, "global ranking removes at most this share of a group"),
+    "verify.each_pass": ConfigKey(bool, False, "run the model verifier after every pass (debug)"),
+}
+
+
+class PassInstrument(Protocol):
+    def run_before_pass(self, mod: Module, pass_: Pass) -> None: ...
+
+    def run_after_pass(self, mod: Module, pass_: Pass) -> None: ...
+
+
+@dataclass(frozen=True)
+class PassContext:
+    """Shared settings for a pass pipeline. Immutable; scoped with ``with``."""
+
+    target: str = "cpu"
+    seed: int = 0
+    config: Mapping[str, Any] = field(default_factory=dict)
+    instruments: Sequence[PassInstrument] = ()
+
+    _current: ClassVar[contextvars.ContextVar[PassContext | None]] = contextvars.ContextVar(
+        "onnx_hwprune_pass_context", default=None
+    )
+
+    def __post_init__(self) -> None:
+        for key, value in self.config.items():
+            spec = CONFIG_KEYS.get(key)
+            if spec is None:
+                near = difflib.get_close_matches(key, CONFIG_KEYS, n=3) or sorted(CONFIG_KEYS)
+                raise UserError(f"unknown config key {key!r}; candidates: {', '.join(near)}")
+            if not isinstance(value, spec.type) or (spec.type is int and isinstance(value, bool)):
+                raise UserError(f"config {key} must be {spec.type.__name__}, got {value!r}")
+
+    def get(self, key: str) -> Any:
+        if key not in CONFIG_KEYS:
+            raise KeyError(key)
+        return self.config.get(key, CONFIG_KEYS[key].default)
+
+    def __enter__(self) -> PassContext:
+        object.__setattr__(self, "_token", PassContext._current.set(self))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        PassContext._current.reset(self._token)  # type: ignore[attr-defined]
+
+    @staticmethod
+    def current() -> PassContext:
+        return PassContext._current.get() or PassContext()
+
+
+class PassError(RuntimeError):
+    """A pass failed; the message names it and the passes that had already run."""
+
+
+class Pass(abc.ABC):
+    """A transformation ``Module -> Module``. Subclasses implement :meth:`run`.
+
+    ``requires`` checks preconditions before running (e.g. that groups were analysed).
+    """
+
+    name: ClassVar[str] = "Pass"
+
+    def requires(self, mod: Module) -> None:
+        return None
+
+    @abc.abstractmethod
+    def run(self, mod: Module, ctx: PassContext) -> Module: ...
+
+    def __call__(self, mod: Module, ctx: PassContext | None = None) -> Module:
+        ctx = ctx or PassContext.current()
+        self.requires(mod)
+        for instrument in ctx.instruments:
+            instrument.run_before_pass(mod, self)
+        out = self.run(mod, ctx)
+        if out is mod:
+            raise PassError(f"pass {self.name} returned its input; passes must return a new Module")
+        for instrument in ctx.instruments:
+            instrument.run_after_pass(out, self)
+        return out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class Sequential(Pass):
+    """Run passes in order. A flat list: nesting is allowed but never needed."""
+
+    name = "Sequential"
+
+    def __init__(self, passes: Sequence[Pass], name: str = "Sequential") -> None:
+        self.passes = tuple(passes)
+        self.name = name  # type: ignore[misc]
+
+    def run(self, mod: Module, ctx: PassContext) -> Module:
+        done: list[str] = []
+        for p in self.passes:
+            try:
+                mod = p(mod, ctx)
+            except (UserError, PassError):
+                raise
+            except Exception as exc:
+                raise PassError(f"pass {p.name} failed after [{', '.join(done)}]: {exc}") from exc
+            done.append(p.name)
+        return mod
+
+
+class TimingInstrument:
+    """Records the wall time of each pass: ``timings`` is a list of (name, seconds)."""
+
+    def __init__(self) -> None:
+        self.timings: list[tuple[str, float]] = []
+        self._starts: list[float] = []  # a stack: a Sequential is itself a pass
+
+    def run_before_pass(self, mod: Module, pass_: Pass) -> None:
+        self._starts.append(time.perf_counter())
+
+    def run_after_pass(self, mod: Module, pass_: Pass) -> None:
+        self.timings.append((pass_.name, time.perf_counter() - self._starts.pop()))

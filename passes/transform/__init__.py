@@ -1,0 +1,1 @@
+"""Rewrites of the graph (analysis lives in ``passes.analysis``)."""

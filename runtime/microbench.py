@@ -1,0 +1,171 @@
+"""Layer micro-benchmarks: a one-layer ONNX model per (signature, in, out), and timing it.
+
+:func:`build_layer_model` makes the layer exactly as the real network has it (kernel,
+stride, pads, dilation, groups, input size, batch, dtype) plus the epilogue a deployment
+runtime fuses into it (bias, BatchNorm folded into the bias, activation), with random
+weights as initializers so the runtime can pre-pack them as it would in the network.
+
+:func:`measure_points` times a batch of (in, out) points of one signature on a backend
+with the shared protocol, interleaving all points of the batch, and caches them in a
+:class:`~onnx_hwprune.cost_models.profile_db.ProfileDB` so that nothing is measured twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from onnx_hwprune.cost_models.profile_db import Measurement, ProfileDB
+from onnx_hwprune.cost_models.signature import LayerSignature
+from onnx_hwprune.runtime.backend import Backend
+from onnx_hwprune.runtime.timing import TimingConfig, measure
+
+__all__ = ["build_layer_model", "layer_shapes", "measure_points"]
+
+logger = logging.getLogger(__name__)
+
+_OPSET = 17
+_IR_VERSION = 10  # onnx 1.23 writes IR 14 by default; onnxruntime 1.31 reads at most 13.
+_DTYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16}
+
+
+def layer_shapes(sig: LayerSignature, in_ch: int, out_ch: int):
+    """(input shape, weight shape, group) of the layer at (in_ch, out_ch)."""
+    if sig.op in ("Gemm", "MatMul"):
+        x = (sig.batch, *sig.input_hw, in_ch)
+        w = (out_ch, in_ch) if sig.op == "Gemm" else (in_ch, out_ch)
+        return x, w, 1
+    group = 1
+    if sig.group_kind == "depthwise":
+        group, out_ch = in_ch, in_ch * sig.multiplier
+    elif sig.group_kind == "grouped":
+        group = in_ch // sig.in_per_group
+    x = (sig.batch, in_ch, *sig.input_hw)
+    if sig.op == "Conv":
+        w = (out_ch, in_ch // group, *sig.kernel)
+    else:
+        w = (in_ch, out_ch // group, *sig.kernel)
+    return x, w, group
+
+
+def build_layer_model(
+    sig: LayerSignature, in_ch: int, out_ch: int, *, seed: int = 0
+) -> onnx.ModelProto:
+    """A one-layer ONNX model of ``sig`` at (``in_ch``, ``out_ch``) channels.
+
+    For depthwise layers ``out_ch`` is ignored (out = in * multiplier); for grouped
+    layers ``in_ch`` must be a multiple of ``in_per_group``.
+    """
+    rng = np.random.default_rng(seed)
+    xshape, wshape, group = layer_shapes(sig, in_ch, out_ch)
+    np_dtype = np.float16 if sig.dtype == "float16" else np.float32
+    inits = [numpy_helper.from_array((rng.standard_normal(wshape) * 0.1).astype(np_dtype), "W")]
+    inputs = ["x", "W"]
+    n_out = wshape[0] if sig.op in ("Conv", "Gemm") else wshape[1] * group
+    if sig.bias:
+        inits.append(numpy_helper.from_array(rng.standard_normal(n_out).astype(np_dtype), "B"))
+        if sig.op != "MatMul":
+            inputs.append("B")
+    nodes = [_main_node(sig, inputs, group)]
+    last = "y0"
+    if sig.op == "MatMul" and sig.bias:
+        nodes.append(helper.make_node("Add", [last, "B"], ["y1"]))
+        last = "y1"
+    if sig.activation:
+        act, act_inits = _activation_node(sig, last, "y")
+        nodes.append(act)
+        inits.extend(act_inits)
+        last = "y"
+    return _finish(sig, nodes, inits, xshape, last)
+
+
+def _main_node(sig: LayerSignature, inputs: list[str], group: int) -> onnx.NodeProto:
+    if sig.op == "Gemm":
+        return helper.make_node("Gemm", inputs, ["y0"], transB=1)
+    if sig.op == "MatMul":
+        return helper.make_node("MatMul", inputs[:2], ["y0"])
+    attrs = dict(
+        kernel_shape=list(sig.kernel),
+        strides=list(sig.strides),
+        pads=list(sig.pads),
+        dilations=list(sig.dilations),
+        group=group,
+    )
+    if sig.op == "ConvTranspose" and sig.output_padding:
+        attrs["output_padding"] = list(sig.output_padding)
+    return helper.make_node(sig.op, inputs, ["y0"], **attrs)
+
+
+def _activation_node(sig: LayerSignature, src: str, dst: str):
+    params = list(sig.activation_params)
+    if sig.activation == "Clip":
+        lo, hi = (params + [0.0, 6.0])[:2]
+        inits = [
+            numpy_helper.from_array(np.array(lo, np.float32), "clip_min"),
+            numpy_helper.from_array(np.array(hi, np.float32), "clip_max"),
+        ]
+        return helper.make_node("Clip", [src, "clip_min", "clip_max"], [dst]), inits
+    if sig.activation == "LeakyRelu" and params:
+        return helper.make_node("LeakyRelu", [src], [dst], alpha=params[0]), []
+    return helper.make_node(sig.activation, [src], [dst]), []
+
+
+def _finish(sig, nodes, inits, xshape, last) -> onnx.ModelProto:
+    elem = _DTYPES.get(sig.dtype, TensorProto.FLOAT)
+    graph = helper.make_graph(
+        nodes,
+        "layer",
+        [helper.make_tensor_value_info("x", elem, list(xshape))],
+        [helper.make_tensor_value_info(last, elem, None)],  # shape: filled in below
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET)])
+    model.ir_version = _IR_VERSION
+    # The output's shape comes from inference, so the model passes the ONNX checker.
+    inferred = onnx.shape_inference.infer_shapes(model)
+    model.graph.output[0].CopyFrom(inferred.graph.output[0])
+    return model
+
+
+def measure_points(
+    backend: Backend,
+    target: str,
+    sig: LayerSignature,
+    points: Iterable[tuple[int, int]],
+    *,
+    db: ProfileDB | None = None,
+    config: TimingConfig | None = None,
+    on_measured: Callable[[int], None] | None = None,
+) -> dict[tuple[int, int], Measurement]:
+    """Measurements of ``sig`` at ``points`` on ``backend``; cached ones come from ``db``.
+
+    The points not yet in the database are prepared, then timed together (interleaved)
+    and stored. ``on_measured(n)`` is called with the number newly measured (progress).
+    """
+    points = sorted(set(points))
+    fp_hash = backend.fingerprint_hash()
+    found = db.get_many(target, fp_hash, sig, points) if db else {}
+    todo = [p for p in points if p not in found]
+    if todo:
+        found.update(_time_points(backend, sig, todo, config or TimingConfig()))
+        if db:
+            db.put_many(target, backend.fingerprint(), sig, {p: found[p] for p in todo})
+        if on_measured:
+            on_measured(len(todo))
+    return {p: found[p] for p in points}
+
+
+def _time_points(backend, sig, points, config) -> dict[tuple[int, int], Measurement]:
+    runnables = {p: backend.prepare(build_layer_model(sig, *p)) for p in points}
+    try:
+        timings = measure({p: r.sample for p, r in runnables.items()}, config)
+    finally:
+        for r in runnables.values():
+            r.close()
+    return {
+        p: Measurement(t.median_ms, t.spread, len(t.samples_ms), t.number)
+        for p, t in timings.items()
+    }

@@ -1,0 +1,117 @@
+"""In-context timing: the whole model under onnxruntime's per-node profiler.
+
+A micro-benchmark times a layer alone; in the network the same layer shares caches with
+its neighbours and skips the layout reorders that a lone NCHWc conv pays. This module
+runs the whole model with ``SessionOptions.enable_profiling`` and attributes each kernel's
+time to the layer it came from, so that the sum-of-layers estimate can be calibrated:
+
+- onnxruntime names a fused kernel after one of the nodes it fused, or after that node's
+  output tensor (``layer1.block0.bn2`` for Conv+BN+Add+Relu; ``_nchwc`` is appended by
+  the layout transform), so each layer owns the node and output names along its chain of
+  single-consumer BN / activation / Add nodes;
+- per-node times are medians over runs, then rescaled so that they add up to the
+  whole-model latency measured *without* the profiler (the profiler adds overhead);
+- what no layer owns (pooling, reorders, the classifier's glue) is the *residual*.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import tempfile
+from dataclasses import dataclass
+
+import onnx
+import onnxruntime as ort
+from onnx_hwprune.runtime.ort_cpu import random_feeds, session_options
+
+__all__ = ["InContextProfile", "attribute_to_layers", "profile_nodes"]
+
+logger = logging.getLogger(__name__)
+
+_EPILOGUE_OPS = ("BatchNormalization", "Relu", "Clip", "LeakyRelu", "Add", "Sum", "HardSigmoid")
+
+
+@dataclass(frozen=True)
+class InContextProfile:
+    """Per-layer in-context times and the residual, scaled to a measured total.
+
+    Attributes:
+        total_ms: whole-model latency measured with the timing protocol.
+        layer_ms: layer node name -> its share of ``total_ms``.
+        residual_ms: the share of everything else.
+    """
+
+    total_ms: float
+    layer_ms: dict[str, float]
+    residual_ms: float
+
+
+def profile_nodes(model: onnx.ModelProto, threads: int, runs: int = 10) -> dict[str, float]:
+    """Median milliseconds per run of each executed node, keyed by onnxruntime's name."""
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = session_options(threads, profile_prefix=os.path.join(tmp, "profile"))
+        session = ort.InferenceSession(
+            model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+        )
+        feeds = random_feeds(model)
+        for _ in range(3):  # warm-up runs are profiled too; dropped below
+            session.run(None, feeds)
+        for _ in range(runs):
+            session.run(None, feeds)
+        with open(session.end_profiling(), encoding="utf-8") as f:
+            events = json.load(f)
+    per_run: dict[str, list[float]] = {}
+    for ev in events:
+        if ev.get("cat") == "Node" and ev.get("name", "").endswith("_kernel_time"):
+            name = ev["name"][: -len("_kernel_time")].removesuffix("_nchwc")
+            per_run.setdefault(name, []).append(ev["dur"] / 1e3)
+    return {n: statistics.median(v[-runs:]) for n, v in per_run.items()}
+
+
+def attribute_to_layers(
+    model: onnx.ModelProto, node_ms: dict[str, float], layers: list[str], total_ms: float
+) -> InContextProfile:
+    """Give each profiled node's time to the layer whose fusion chain names it.
+
+    Args:
+        model: the model that was profiled (original node names).
+        node_ms: from :func:`profile_nodes`.
+        layers: node names of the layers' Conv/Gemm/MatMul nodes.
+        total_ms: the whole-model latency to scale to.
+    """
+    owner = _chain_owners(model, layers)
+    raw = dict.fromkeys(layers, 0.0)
+    other = 0.0
+    for name, ms in node_ms.items():
+        if name in owner:
+            raw[owner[name]] += ms
+        else:
+            other += ms
+    profiled = sum(raw.values()) + other
+    scale = total_ms / profiled if profiled > 0 else 0.0
+    missing = [n for n, v in raw.items() if v == 0.0]
+    if missing:
+        logger.info("no in-context time found for %d layers, e.g. %s", len(missing), missing[0])
+    return InContextProfile(total_ms, {n: v * scale for n, v in raw.items()}, other * scale)
+
+
+def _chain_owners(model: onnx.ModelProto, layers: list[str]) -> dict[str, str]:
+    """node name -> layer name, walking each layer's single-consumer epilogue chain."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for t in node.input:
+            consumers.setdefault(t, []).append(node)
+    by_name = {n.name: n for n in model.graph.node}
+    owner = {}
+    for layer in layers:
+        node = by_name.get(layer)
+        while node is not None:
+            # Fused kernels are named after a fused node or its output tensor (NCHWc).
+            owner.setdefault(node.name, layer)
+            owner.setdefault(node.output[0], layer)
+            users = consumers.get(node.output[0], [])
+            node = users[0] if len(users) == 1 and users[0].op_type in _EPILOGUE_OPS else None
+    return owner

@@ -1,0 +1,122 @@
+"""The ``cpu`` backend: onnxruntime's CPU execution provider, as deployed.
+
+All graph optimizations are on (``ORT_ENABLE_ALL``), so MLAS's NCHWc layout transform
+applies: on AVX-512 it blocks channels by 16 (by 8 on AVX2), which is what makes channel
+counts that are multiples of 8/16 special and in-channel counts that are not multiples of
+4 fall off a cliff. The intra-op thread count defaults to the number of physical cores.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx_hwprune.runtime.backend import Backend, Runnable, cpu_info, physical_cores
+from onnx_hwprune.runtime.backend import register_backend as _register
+
+__all__ = ["OrtCpuBackend", "OrtRunnable", "random_feeds", "session_options"]
+
+logger = logging.getLogger(__name__)
+
+_NP_TYPES = {
+    onnx.TensorProto.FLOAT: np.float32,
+    onnx.TensorProto.FLOAT16: np.float16,
+    onnx.TensorProto.DOUBLE: np.float64,
+    onnx.TensorProto.INT64: np.int64,
+    onnx.TensorProto.INT32: np.int32,
+    onnx.TensorProto.UINT8: np.uint8,
+    onnx.TensorProto.INT8: np.int8,
+}
+
+
+def session_options(threads: int, *, profile_prefix: str | None = None) -> ort.SessionOptions:
+    """Session options as deployed: all optimizations, ``threads`` intra-op threads."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    if profile_prefix is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
+    return opts
+
+
+def random_feeds(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs for every graph input that is not an initializer (static shapes)."""
+    rng = np.random.default_rng(seed)
+    inits = {i.name for i in model.graph.initializer}
+    feeds = {}
+    for inp in model.graph.input:
+        if inp.name in inits:
+            continue
+        ttype = inp.type.tensor_type
+        shape = [d.dim_value if d.dim_value > 0 else 1 for d in ttype.shape.dim]
+        dtype = _NP_TYPES.get(ttype.elem_type, np.float32)
+        feeds[inp.name] = rng.standard_normal(shape).astype(dtype)
+    return feeds
+
+
+class OrtRunnable(Runnable):
+    """An onnxruntime session with its random inputs bound."""
+
+    def __init__(self, session: ort.InferenceSession, feeds: dict[str, np.ndarray]):
+        self._session = session
+        self._feeds = feeds
+
+    def run(self) -> None:
+        """One inference."""
+        self._session.run(None, self._feeds)
+
+    def sample(self, number: int) -> float:
+        """Mean seconds per run over ``number`` runs (host wall clock)."""
+        import time
+
+        start = time.perf_counter()
+        for _ in range(number):
+            self._session.run(None, self._feeds)
+        return (time.perf_counter() - start) / number
+
+
+@_register
+class OrtCpuBackend(Backend):
+    """onnxruntime CPU provider with all graph optimizations.
+
+    Args:
+        threads: intra-op threads; ``None`` means the host's physical cores.
+    """
+
+    name = "ort-cpu"
+
+    def __init__(self, threads: int | None = None):
+        self.threads = threads or physical_cores()
+
+    def fingerprint(self) -> dict:
+        """CPU, ISA, onnxruntime version, provider and threads."""
+        return {
+            "backend": self.name,
+            **cpu_info(),
+            "onnxruntime": ort.__version__,
+            "provider": "CPUExecutionProvider",
+            "threads": self.threads,
+            "python": platform.python_version(),
+        }
+
+    def prepare(self, model: onnx.ModelProto) -> OrtRunnable:
+        """An :class:`OrtRunnable` for ``model``."""
+        session = ort.InferenceSession(
+            model.SerializeToString(),
+            sess_options=session_options(self.threads),
+            providers=["CPUExecutionProvider"],
+        )
+        return OrtRunnable(session, random_feeds(model))
+
+    def node_times(self, model: onnx.ModelProto) -> dict[str, float]:
+        """In-context per-node medians (ms) from onnxruntime's profiler."""
+        from onnx_hwprune.runtime.node_profile import profile_nodes
+
+        return profile_nodes(model, self.threads)

@@ -1,0 +1,248 @@
+"""Profile a model on a target: micro-benchmark every layer signature, calibrate in context.
+
+This is the glue between the measurement side (a :class:`~.backend.Backend`, the timing
+protocol, one-layer models) and the plain-data cost models. It only talks to backends
+through ``prepare``/``sample``/``fingerprint`` (and an optional ``node_times`` for
+in-context calibration), so new backends need no change here.
+
+Typical use (what the planner needs)::
+
+    from onnx_hwprune.cost_models.profile_db import ProfileDB
+    from onnx_hwprune.runtime.profiler import build_cost_model
+    from onnx_hwprune.runtime.targets import get_target
+
+    with ProfileDB() as db:
+        cost = build_cost_model("model.onnx", get_target("cpu").make_backend(), "cpu", db)
+    cost.layer_latency("layer1.block0.conv2", 64, 48)   # Estimate(ms, provenance)
+    cost.stair_edges("layer1.block0.conv2", "out")     # [(64, ms), (48, ms), ...]
+    cost.predict({"layer1.block0.conv2": (64, 48), "layer1.block0.conv3": (48, 256)})
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import onnx
+from onnx_hwprune.cost_models.network import LayerEntry, NetworkCostModel
+from onnx_hwprune.cost_models.profile_db import ProfileDB
+from onnx_hwprune.cost_models.signature import Layer, LayerSignature, extract_layers
+from onnx_hwprune.cost_models.staircase import (
+    SearchConfig,
+    StaircaseModel,
+    detect_axis,
+    exhaustive_axis,
+)
+from onnx_hwprune.runtime.backend import Backend
+from onnx_hwprune.runtime.microbench import measure_points
+from onnx_hwprune.runtime.timing import TimingConfig, measure
+
+from onnx_hwprune.errors import UserError
+
+__all__ = [
+    "BudgetExceeded",
+    "ProfileOptions",
+    "build_cost_model",
+    "calibrate",
+    "load_model_and_layers",
+    "profile_layers",
+]
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, int, str], None]
+"""``progress(layer_index, layer_count, newly_measured, label)``: called when a layer
+signature starts (with 0 measured) and after each measured batch."""
+
+
+class BudgetExceeded(Exception):
+    """The time budget ran out; what was measured is in the database."""
+
+
+@dataclass(frozen=True)
+class ProfileOptions:
+    """How to profile: search knobs, timing protocol, exhaustive sweep, time budget."""
+
+    search: SearchConfig = field(default_factory=SearchConfig)
+    timing: TimingConfig = field(default_factory=TimingConfig)
+    exhaustive: bool = False
+    time_budget_s: float | None = None
+
+
+def load_model_and_layers(source) -> tuple[onnx.ModelProto, list[Layer]]:
+    """Normalised model and its prunable layers (via the ONNX frontend)."""
+    import onnx_graphsurgeon as gs
+    from onnx_hwprune.frontends.onnx import normalize_model
+
+    model = normalize_model(source)
+    graph = gs.import_onnx(model)
+    return model, extract_layers(graph)
+
+
+def model_key(model: onnx.ModelProto) -> str:
+    """Hash identifying a model's graph (for stored calibrations)."""
+    return hashlib.sha256(model.graph.SerializeToString()).hexdigest()[:16]
+
+
+def profile_layers(
+    layers: list[Layer],
+    backend: Backend,
+    target: str,
+    db: ProfileDB | None,
+    options: ProfileOptions | None = None,
+    progress: Progress | None = None,
+) -> dict[tuple[str, int, int], StaircaseModel]:
+    """A staircase model per distinct (signature, full in, full out) of ``layers``.
+
+    Layers with identical signatures share every measurement (and the database shares
+    them with earlier runs). Raises :class:`BudgetExceeded` when the budget runs out.
+    """
+    options = options or ProfileOptions()
+    deadline = time.monotonic() + options.time_budget_s if options.time_budget_s else None
+    distinct: dict[tuple[str, int, int], Layer] = {}
+    for layer in layers:
+        distinct.setdefault(_key(layer), layer)
+    models = {}
+    for index, (key, layer) in enumerate(distinct.items()):
+        label = f"{layer.node}: {layer.signature.describe()}"
+        report = _reporter(progress, index, len(distinct), label)
+        report(0)
+        axes = _axes_to_profile(layer)
+        models[key] = _profile_one(layer, axes, backend, target, db, options, report, deadline)
+    return models
+
+
+def _reporter(progress: Progress | None, index: int, count: int, label: str):
+    def report(n: int) -> None:
+        if progress is not None:
+            progress(index, count, n, label)
+
+    return report
+
+
+def _axes_to_profile(layer: Layer) -> tuple[str, ...]:
+    if layer.signature.group_kind != "dense":
+        return ("ch",) if layer.in_prunable or layer.out_prunable else ()
+    return tuple(a for a, ok in (("in", layer.in_prunable), ("out", layer.out_prunable)) if ok)
+
+
+def _profile_one(layer, axes, backend, target, db, options, progress, deadline):
+    sig, fi, fo = layer.signature, layer.in_channels, layer.out_channels
+    per_ch = _per_ch(sig)
+
+    def measure_pairs(pairs: list[tuple[int, int]]) -> dict:
+        if deadline is not None and time.monotonic() > deadline:
+            raise BudgetExceeded(f"time budget reached while profiling {layer.node}")
+        return measure_points(
+            backend, target, sig, pairs, db=db, config=options.timing, on_measured=progress
+        )
+
+    full = measure_pairs([(fi, fo)])[(fi, fo)]
+    profiles = []
+    for axis in axes:
+        fn = _axis_measure(axis, fi, fo, per_ch, measure_pairs)
+        n_full = fi // per_ch[0] if axis == "ch" else (fi if axis == "in" else fo)
+        if options.exhaustive:
+            profiles.append((axis, exhaustive_axis(fn, n_full)))
+        else:
+            profiles.append((axis, detect_axis(fn, n_full, options.search)))
+    kind = "dense" if sig.group_kind == "dense" else "tied"
+    return StaircaseModel(sig.key(), kind, fi, fo, full.median_ms, tuple(profiles), per_ch)
+
+
+def _per_ch(sig: LayerSignature) -> tuple[int, int]:
+    if sig.group_kind == "depthwise":
+        return (1, sig.multiplier)
+    if sig.group_kind == "grouped":
+        return (sig.in_per_group, sig.out_per_group)
+    return (1, 1)
+
+
+def _axis_measure(axis, fi, fo, per_ch, measure_pairs):
+    def pair(c: int) -> tuple[int, int]:
+        if axis == "in":
+            return (c, fo)
+        if axis == "out":
+            return (fi, c)
+        return (c * per_ch[0], c * per_ch[1])
+
+    def fn(counts: list[int]) -> dict[int, tuple[float, float]]:
+        if not counts:
+            return {}
+        got = measure_pairs([pair(c) for c in counts])
+        return {c: (got[pair(c)].median_ms, got[pair(c)].spread) for c in counts}
+
+    return fn
+
+
+def calibrate(
+    model: onnx.ModelProto,
+    backend: Backend,
+    layers: list[Layer],
+    models: dict,
+    timing: TimingConfig | None = None,
+) -> tuple[float, float, dict[str, float]]:
+    """Measure the whole model; returns (total ms, residual ms, per-layer scale).
+
+    With a backend offering ``node_times(model)`` (onnxruntime), each layer's in-context
+    share calibrates its micro-benchmark; otherwise the scales are 1 and the residual is
+    the measured total minus the sum of micro-benchmarks.
+    """
+    runnable = backend.prepare(model)
+    try:
+        total = measure({"model": runnable.sample}, timing or TimingConfig())["model"].median_ms
+    finally:
+        runnable.close()
+    micro = {l.node: models[_key(l)].full_ms for l in layers}  # noqa: E741
+    node_times = getattr(backend, "node_times", None)
+    if node_times is None:
+        return total, total - sum(micro.values()), dict.fromkeys(micro, 1.0)
+    from onnx_hwprune.runtime.node_profile import attribute_to_layers
+
+    ctx = attribute_to_layers(model, node_times(model), [l.node for l in layers], total)  # noqa: E741
+    scales = {n: (ctx.layer_ms[n] / micro[n] if ctx.layer_ms[n] > 0 else 1.0) for n in micro}
+    residual = total - sum(micro[n] * scales[n] for n in micro)
+    return total, residual, scales
+
+
+def _key(layer: Layer) -> tuple[str, int, int]:
+    return (layer.signature.key(), layer.in_channels, layer.out_channels)
+
+
+def build_cost_model(
+    source,
+    backend: Backend,
+    target: str,
+    db: ProfileDB | None,
+    options: ProfileOptions | None = None,
+    progress: Progress | None = None,
+) -> NetworkCostModel:
+    """Profile (or reuse from ``db``) every layer of ``source`` and calibrate the network.
+
+    The calibration is stored in ``db`` under the model's hash and reused next time.
+    """
+    model, layers = load_model_and_layers(source)
+    if not layers:
+        raise UserError("the model has no prunable Conv/Gemm/MatMul layer with constant weights")
+    models = profile_layers(layers, backend, target, db, options, progress)
+    fp, mkey = backend.fingerprint_hash(), model_key(model)
+    cal = db.get_calibration(target, fp, mkey) if db else None
+    if cal is None:
+        total, residual, scales = calibrate(model, backend, layers, models)
+        cal = {"total_ms": total, "residual_ms": residual, "scales": scales}
+        if db:
+            db.put_calibration(target, fp, mkey, cal)
+    entries = tuple(
+        LayerEntry(
+            l.node,
+            l.in_channels,
+            l.out_channels,
+            models[_key(l)],  # noqa: E741
+            cal["scales"].get(l.node, 1.0),
+        )
+        for l in layers  # noqa: E741
+    )
+    return NetworkCostModel(target, fp, entries, cal["residual_ms"], cal["total_ms"])

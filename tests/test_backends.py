@@ -1,0 +1,171 @@
+"""Backends, targets, micro-benchmark models, in-context profiling, end to end on cpu."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from onnx_hwprune.cli_commands import profile as profile_verb
+from onnx_hwprune.cost_models.profile_db import ProfileDB
+from onnx_hwprune.cost_models.signature import LayerSignature
+from onnx_hwprune.errors import UserError
+from onnx_hwprune.runtime.backend import Backend, cpu_info, physical_cores, register_backend
+from onnx_hwprune.runtime.microbench import build_layer_model, measure_points
+from onnx_hwprune.runtime.node_profile import attribute_to_layers
+from onnx_hwprune.runtime.ort_cpu import OrtCpuBackend
+from onnx_hwprune.runtime.targets import get_target, target_names
+from onnx_hwprune.runtime.timing import TimingConfig
+
+FAST = TimingConfig(warmup_s=0.005, min_repeat_s=0.002, rounds=3, max_remeasure=0)
+CONV = dict(kernel=(3, 3), strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), input_hw=(8, 8))
+SIGS = {
+    "dense": LayerSignature(op="Conv", bias=True, activation="Relu", **CONV),
+    "depthwise": LayerSignature(op="Conv", group_kind="depthwise", multiplier=1,
+                                activation="Clip", activation_params=(0.0, 6.0), **CONV),
+    "grouped": LayerSignature(op="Conv", group_kind="grouped", in_per_group=4,
+                              out_per_group=4, **CONV),
+    "gemm": LayerSignature(op="Gemm", bias=True),
+    "matmul": LayerSignature(op="MatMul", input_hw=(5,), bias=True, activation="Relu"),
+    "convtranspose": LayerSignature(op="ConvTranspose", kernel=(2, 2), strides=(2, 2),
+                                    pads=(0, 0, 0, 0), dilations=(1, 1), input_hw=(4, 4)),
+}  # fmt: skip
+def tiny_model() -> onnx.ModelProto:
+    """conv(3->8)+Relu -> conv(8->8)+Relu -> GAP -> Flatten -> Gemm(8->4)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = {n: numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+         for n, s in (("w0", (8, 3, 3, 3)), ("w1", (8, 8, 3, 3)), ("wf", (4, 8)))}  # fmt: skip
+    conv = dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["c0"], name="conv0", **conv),
+        helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+        helper.make_node("Conv", ["r0", "w1"], ["c1"], name="conv1", **conv),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("GlobalAveragePool", ["r1"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "wf"], ["y"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], list(w.values()),
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    return model
+
+
+EXPECTED_OUT = {"dense": (1, 12, 8, 8), "depthwise": (1, 8, 8, 8), "grouped": (1, 12, 8, 8),
+                "gemm": (1, 12), "matmul": (1, 5, 12), "convtranspose": (1, 12, 8, 8)}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", sorted(SIGS))
+def test_micro_benchmark_models_run_with_the_right_shape(kind):
+    model = build_layer_model(SIGS[kind], 8, 12)
+    onnx.checker.check_model(model)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    shape = sess.get_inputs()[0].shape
+    (y,) = sess.run(None, {"x": np.ones(shape, np.float32)})
+    assert y.shape == EXPECTED_OUT[kind]
+
+
+def test_registry_refuses_duplicates_and_lists_targets():
+    with pytest.raises(ValueError, match="already registered"):
+
+        @register_backend
+        class Again(Backend):
+            name = "ort-cpu"
+
+    assert {"cpu", "tvm-llvm"} <= set(target_names())
+    with pytest.raises(UserError, match="unknown target"):
+        get_target("no-such-device")
+
+
+def test_fingerprint_names_cpu_isa_versions_threads():
+    fp = OrtCpuBackend(threads=1).fingerprint()
+    assert fp["threads"] == 1 and fp["onnxruntime"] == ort.__version__
+    assert fp["cpu"] and isinstance(fp["isa"], list)
+    assert OrtCpuBackend().threads == physical_cores()
+    fake = "processor: 0\nmodel name: Fake CPU\nflags: fpu avx2 fma\nphysical id: 0\ncore id: 0\n"
+    info = cpu_info(lambda: fake)
+    assert info["cpu"] == "Fake CPU" and info["isa"] == ["avx2", "fma"]
+
+
+def test_measure_points_caches_in_db(tmp_path):
+    backend = OrtCpuBackend(threads=1)
+    with ProfileDB(tmp_path / "p.sqlite") as db:
+        new = []
+        got = measure_points(backend, "cpu", SIGS["dense"], [(8, 8), (8, 16)], db=db,
+                             config=FAST, on_measured=new.append)  # fmt: skip
+        assert new == [2] and all(m.median_ms > 0 for m in got.values())
+        again = measure_points(backend, "cpu", SIGS["dense"], [(8, 8), (8, 16)], db=db,
+                               config=FAST, on_measured=new.append)  # fmt: skip
+        assert new == [2] and again == got
+
+
+def test_in_context_attribution_scales_to_total():
+    model = tiny_model()
+    node_ms = OrtCpuBackend(threads=1).node_times(model)
+    assert node_ms, "the profiler reported no node"
+    ctx = attribute_to_layers(model, node_ms, ["conv0", "conv1", "fc"], 10.0)
+    assert sum(ctx.layer_ms.values()) + ctx.residual_ms == pytest.approx(10.0)
+    assert ctx.layer_ms["conv1"] > 0 and ctx.residual_ms >= 0
+
+
+def _cli(*argv):
+    parser = argparse.ArgumentParser()
+    profile_verb.add_arguments(parser)
+    return profile_verb.run(parser.parse_args([str(a) for a in argv]))
+
+
+def test_end_to_end_real_cpu_measurement_is_resumable(tmp_path, capsys):
+    path, db = tmp_path / "tiny.onnx", tmp_path / "p.sqlite"
+    onnx.save(tiny_model(), path)
+    start = time.monotonic()
+    assert _cli(path, "--threads", "1", "--profile-db", db, "--plot", tmp_path / "plots") == 0
+    assert time.monotonic() - start < 30
+    out = capsys.readouterr().out
+    assert "conv1" in out and "whole model measured" in out
+    assert sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
+    with ProfileDB(db) as handle:
+        first = handle.count()
+    assert first > 10
+    assert _cli(path, "--threads", "1", "--profile-db", db) == 0
+    assert "0 new measurements" in capsys.readouterr().out
+
+
+def test_cli_rejects_missing_model(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        _cli(tmp_path / "nope.onnx", "--profile-db", tmp_path / "p.sqlite")
+
+
+def test_importing_the_package_does_not_import_tvm():
+    code = ("import sys, onnx_hwprune.runtime.targets, onnx_hwprune.runtime.profiler, "
+            "onnx_hwprune.cli_commands.profile; print('tvm' in sys.modules)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+
+
+def _tvm_or_skip():
+    try:
+        import tvm  # noqa: F401
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        pytest.skip(f"apache-tvm not importable: {exc}")
+
+
+@pytest.mark.tvm
+def test_tvm_llvm_backend_compiles_and_times_a_conv():
+    _tvm_or_skip()
+    backend = get_target("tvm-llvm").make_backend(threads=1)
+    assert backend.fingerprint()["target"]["kind"] == "llvm"
+    got = measure_points(backend, "tvm-llvm", SIGS["dense"], [(8, 8), (8, 16)], config=FAST)
+    assert all(m.median_ms > 0 for m in got.values())

@@ -1,0 +1,80 @@
+"""The timing protocol, with fake samplers: interleaving, statistics, re-measurement."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from onnx_hwprune.runtime.timing import TimingConfig, clock_sampler, measure
+
+
+def _recording(log: list, key: str, seconds: float):
+    def sampler(number: int) -> float:
+        log.append((key, number))
+        return seconds
+
+    return sampler
+
+
+def test_rounds_interleave_every_candidate_in_shuffled_order():
+    log: list = []
+    cfg = TimingConfig(warmup_s=0.0, rounds=6, max_remeasure=0, seed=1)
+    keys = [f"c{i}" for i in range(5)]
+    measure({k: _recording(log, k, 1e-3) for k in keys}, cfg)
+    timed = [k for k, _ in log[len(keys) :]]  # the first len(keys) calls are the warm-up
+    rounds = [timed[i : i + 5] for i in range(0, len(timed), 5)]
+    assert len(rounds) == 6
+    assert all(sorted(r) == keys for r in rounds)
+    assert len({tuple(r) for r in rounds}) > 1, "order must change between rounds"
+
+
+def test_seeded_order_is_deterministic():
+    def order(seed):
+        log: list = []
+        measure({k: _recording(log, k, 1e-3) for k in "abcd"}, TimingConfig(warmup_s=0, seed=seed))
+        return log
+
+    assert order(3) == order(3)
+
+
+def test_median_and_spread_are_recorded():
+    values = itertools.cycle([1e-3, 1e-3, 2e-3, 1e-3, 1e-3])
+    cfg = TimingConfig(warmup_s=0.0, rounds=5, max_remeasure=0)
+    t = measure({"x": lambda n: next(values)}, cfg)["x"]
+    assert t.median_ms == pytest.approx(1.0)
+    assert len(t.samples_ms) == 5
+    assert t.spread >= 0.0
+
+
+def test_wide_spread_is_remeasured_only_for_that_candidate():
+    noisy = itertools.cycle([1e-3, 3e-3, 1e-3, 5e-3])
+    calls = {"steady": 0, "noisy": 0}
+
+    def steady(n):
+        calls["steady"] += 1
+        return 1e-3
+
+    def wobbly(n):
+        calls["noisy"] += 1
+        return next(noisy)
+
+    cfg = TimingConfig(warmup_s=0.0, rounds=4, max_spread=0.05, max_remeasure=2)
+    t = measure({"steady": steady, "noisy": wobbly}, cfg)
+    assert t["steady"].remeasured == 0 and len(t["steady"].samples_ms) == 4
+    assert t["noisy"].remeasured == 2 and len(t["noisy"].samples_ms) == 12
+    assert t["noisy"].spread > 0.05
+
+
+def test_warm_up_sizes_samples_to_min_repeat_time():
+    log: list = []
+    cfg = TimingConfig(warmup_s=0.01, min_repeat_s=0.02, rounds=2, max_remeasure=0)
+    t = measure({"fast": _recording(log, "fast", 1e-4)}, cfg)["fast"]
+    assert t.number == 200  # 0.02 s / 1e-4 s
+    assert all(n == 200 for _, n in log[-2:])
+
+
+def test_clock_sampler_uses_the_given_clock():
+    ticks = iter([0.0, 0.5])
+    sampler = clock_sampler(lambda: None, clock=lambda: next(ticks))
+    assert sampler(5) == pytest.approx(0.1)
