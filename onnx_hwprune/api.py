@@ -38,7 +38,9 @@ class PruneResult:
     reason: str = ""
 
 
-def planning_passes(method: str, ratio: float, criterion: str, plan: Plan | None = None) -> list[Pass]:
+def planning_passes(
+    method: str, ratio: float, criterion: str, plan: Plan | None = None
+) -> list[Pass]:
     """The passes between analysis and removal for the baseline methods."""
     if plan is not None:
         return [UsePlan(plan)]
@@ -79,4 +81,8 @@ def prune(
 
 def _frozen_summary(mod: Module) -> str:
     reasons = sorted({g.frozen_reasons[0] for g in mod.groups if g.frozen_reasons})
-    return "; ".join(reasons[:3]) + (" ..." if len(reasons) > 3 else "") if reasons else "no conv/gemm layers"
+    return (
+        "; ".join(reasons[:3]) + (" ..." if len(reasons) > 3 else "")
+        if reasons
+        else "no conv/gemm layers"
+    )

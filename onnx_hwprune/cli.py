@@ -20,7 +20,7 @@ from onnx_hwprune.errors import UserError
 __all__ = ["main", "VERBS", "ArgumentParser"]
 
 # Sub-command modules under onnx_hwprune.cli_commands, listed explicitly.
-VERBS: tuple[str, ...] = ("analyze",)
+VERBS: tuple[str, ...] = ("analyze", "eval")
 PROG = "onnx-hwprune"
 
 
@@ -37,14 +37,20 @@ def _verb_module(verb: str) -> ModuleType:
 
 def _parser_for(module: ModuleType, prog: str) -> ArgumentParser:
     parser = ArgumentParser(prog=prog, description=module.HELP)
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)"
+    )
     module.add_arguments(parser)
     return parser
 
 
 def _top_help() -> str:
-    lines = [f"usage: {PROG} IN OUT [options]   (prune; see {PROG} prune --help)",
-             f"       {PROG} VERB [options]", "", "verbs:"]
+    lines = [
+        f"usage: {PROG} IN OUT [options]   (prune; see {PROG} prune --help)",
+        f"       {PROG} VERB [options]",
+        "",
+        "verbs:",
+    ]
     lines.append(f"  {'prune':10s} {_verb_module('prune').HELP}")
     lines += [f"  {verb:10s} {_verb_module(verb).HELP}" for verb in VERBS]
     return "\n".join(lines)
@@ -61,8 +67,10 @@ def _dispatch(argv: list[str]) -> int:
     module = _verb_module(verb or "prune")
     parser = _parser_for(module, f"{PROG} {verb}" if verb else PROG)
     args = parser.parse_args(argv[1:] if verb else argv)
-    logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     return int(module.run(args))
 
 

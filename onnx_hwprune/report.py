@@ -20,19 +20,25 @@ def _layers(before: ModelStats, after: ModelStats) -> list[dict[str, Any]]:
     rows = []
     for layer in before.layers:
         new = after_by_node.get(layer.node, layer)
-        rows.append({
-            "node": layer.node,
-            "op": layer.op,
-            "in_channels": [layer.in_channels, new.in_channels],
-            "out_channels": [layer.out_channels, new.out_channels],
-            "params": [layer.params, new.params],
-            "macs": [layer.macs, new.macs],
-        })
+        rows.append(
+            {
+                "node": layer.node,
+                "op": layer.op,
+                "in_channels": [layer.in_channels, new.in_channels],
+                "out_channels": [layer.out_channels, new.out_channels],
+                "params": [layer.params, new.params],
+                "macs": [layer.macs, new.macs],
+            }
+        )
     return rows
 
 
 def build_report(
-    groups: ChannelGroups, plan: Plan, before: ModelStats, after: ModelStats, options: dict[str, Any]
+    groups: ChannelGroups,
+    plan: Plan,
+    before: ModelStats,
+    after: ModelStats,
+    options: dict[str, Any],
 ) -> dict[str, Any]:
     pruned = plan.pruned_groups()
     return {
@@ -49,7 +55,9 @@ def build_report(
             "prunable": len(groups.prunable),
             "pruned": len(pruned),
             "frozen": [
-                {"name": g.name, "size": g.size, "reasons": list(g.frozen_reasons)} for g in groups if g.frozen
+                {"name": g.name, "size": g.size, "reasons": list(g.frozen_reasons)}
+                for g in groups
+                if g.frozen
             ],
         },
         "layers": _layers(before, after),
@@ -59,7 +67,9 @@ def build_report(
 
 def _ratio(pair: list[int]) -> str:
     before, after = pair
-    return f"{before:,} -> {after:,} ({100.0 * (1 - after / before):.1f}% less)" if before else "n/a"
+    return (
+        f"{before:,} -> {after:,} ({100.0 * (1 - after / before):.1f}% less)" if before else "n/a"
+    )
 
 
 def format_summary(report: dict[str, Any], max_rows: int = 12) -> str:
@@ -72,8 +82,12 @@ def format_summary(report: dict[str, Any], max_rows: int = 12) -> str:
         "",
         f"{'layer':40s} {'op':8s} {'in':>11s} {'out':>11s}",
     ]
-    changed = [r for r in report["layers"] if r["in_channels"][0] != r["in_channels"][1]
-               or r["out_channels"][0] != r["out_channels"][1]]
+    changed = [
+        r
+        for r in report["layers"]
+        if r["in_channels"][0] != r["in_channels"][1]
+        or r["out_channels"][0] != r["out_channels"][1]
+    ]
     for row in changed[:max_rows]:
         lines.append(
             f"{row['node'][:40]:40s} {row['op']:8s} "

@@ -31,8 +31,15 @@ from onnx_hwprune.passes.analysis.groups import ChannelGroups
 from onnx_hwprune.passes.plan.plan import Plan
 
 __all__ = [
-    "Module", "Pass", "Sequential", "PassContext", "PassInstrument", "PassError",
-    "ConfigKey", "CONFIG_KEYS", "TimingInstrument",
+    "Module",
+    "Pass",
+    "Sequential",
+    "PassContext",
+    "PassInstrument",
+    "PassError",
+    "ConfigKey",
+    "CONFIG_KEYS",
+    "TimingInstrument",
 ]
 
 log = logging.getLogger(__name__)
@@ -60,7 +67,9 @@ class ConfigKey:
 
 CONFIG_KEYS: Mapping[str, ConfigKey] = {
     "plan.min_channels": ConfigKey(int, 1, "no group keeps fewer channels than this"),
-    "plan.max_group_ratio": ConfigKey(float, 0.9, "global ranking removes at most this share of a group"),
+    "plan.max_group_ratio": ConfigKey(
+        float, 0.9, "global ranking removes at most this share of a group"
+    ),
     "verify.each_pass": ConfigKey(bool, False, "run the model verifier after every pass (debug)"),
 }
 

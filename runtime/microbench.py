@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 _OPSET = 17
 _IR_VERSION = 10  # onnx 1.23 writes IR 14 by default; onnxruntime 1.31 reads at most 13.
+_CHUNK_BYTES = 1 << 30
 _DTYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16}
 
 
@@ -159,13 +160,31 @@ def measure_points(
 
 
 def _time_points(backend, sig, points, config) -> dict[tuple[int, int], Measurement]:
-    runnables = {p: backend.prepare(build_layer_model(sig, *p)) for p in points}
-    try:
-        timings = measure({p: r.sample for p, r in runnables.items()}, config)
-    finally:
-        for r in runnables.values():
-            r.close()
-    return {
-        p: Measurement(t.median_ms, t.spread, len(t.samples_ms), t.number)
-        for p, t in timings.items()
-    }
+    out = {}
+    for chunk in _chunks(sig, points):
+        runnables = {p: backend.prepare(build_layer_model(sig, *p)) for p in chunk}
+        try:
+            timings = measure({p: r.sample for p, r in runnables.items()}, config)
+        finally:
+            for r in runnables.values():
+                r.close()
+        out.update(
+            (p, Measurement(t.median_ms, t.spread, len(t.samples_ms), t.number))
+            for p, t in timings.items()
+        )
+    return out
+
+
+def _chunks(sig: LayerSignature, points: list[tuple[int, int]], budget: int = _CHUNK_BYTES):
+    """Split ``points`` so that one interleaved group holds at most ``budget`` bytes of
+    weights (VGG-16's first Gemm alone is 400 MB; a dozen of them would not fit)."""
+    chunk, size = [], 0
+    for p in points:
+        w = int(np.prod(layer_shapes(sig, *p)[1])) * 4
+        if chunk and size + w > budget:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(p)
+        size += w
+    if chunk:
+        yield chunk

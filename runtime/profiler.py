@@ -184,18 +184,16 @@ def calibrate(
     layers: list[Layer],
     models: dict,
     timing: TimingConfig | None = None,
+    total_ms: float | None = None,
 ) -> tuple[float, float, dict[str, float]]:
     """Measure the whole model; returns (total ms, residual ms, per-layer scale).
 
     With a backend offering ``node_times(model)`` (onnxruntime), each layer's in-context
     share calibrates its micro-benchmark; otherwise the scales are 1 and the residual is
-    the measured total minus the sum of micro-benchmarks.
+    the measured total minus the sum of micro-benchmarks. ``total_ms`` reuses a whole-model
+    latency measured elsewhere (e.g. interleaved with pruned variants).
     """
-    runnable = backend.prepare(model)
-    try:
-        total = measure({"model": runnable.sample}, timing or TimingConfig())["model"].median_ms
-    finally:
-        runnable.close()
+    total = total_ms if total_ms is not None else _time_model(model, backend, timing)
     micro = {l.node: models[_key(l)].full_ms for l in layers}  # noqa: E741
     node_times = getattr(backend, "node_times", None)
     if node_times is None:
@@ -206,6 +204,14 @@ def calibrate(
     scales = {n: (ctx.layer_ms[n] / micro[n] if ctx.layer_ms[n] > 0 else 1.0) for n in micro}
     residual = total - sum(micro[n] * scales[n] for n in micro)
     return total, residual, scales
+
+
+def _time_model(model: onnx.ModelProto, backend: Backend, timing: TimingConfig | None) -> float:
+    runnable = backend.prepare(model)
+    try:
+        return measure({"model": runnable.sample}, timing or TimingConfig())["model"].median_ms
+    finally:
+        runnable.close()
 
 
 def _key(layer: Layer) -> tuple[str, int, int]:

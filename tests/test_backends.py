@@ -11,17 +11,17 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-
-from onnx_hwprune.cli_commands import profile as profile_verb
 from onnx_hwprune.cost_models.profile_db import ProfileDB
 from onnx_hwprune.cost_models.signature import LayerSignature
-from onnx_hwprune.errors import UserError
 from onnx_hwprune.runtime.backend import Backend, cpu_info, physical_cores, register_backend
 from onnx_hwprune.runtime.microbench import build_layer_model, measure_points
 from onnx_hwprune.runtime.node_profile import attribute_to_layers
 from onnx_hwprune.runtime.ort_cpu import OrtCpuBackend
 from onnx_hwprune.runtime.targets import get_target, target_names
 from onnx_hwprune.runtime.timing import TimingConfig
+
+from onnx_hwprune.cli_commands import profile as profile_verb
+from onnx_hwprune.errors import UserError
 
 FAST = TimingConfig(warmup_s=0.005, min_repeat_s=0.002, rounds=3, max_remeasure=0)
 CONV = dict(kernel=(3, 3), strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), input_hw=(8, 8))
@@ -36,6 +36,8 @@ SIGS = {
     "convtranspose": LayerSignature(op="ConvTranspose", kernel=(2, 2), strides=(2, 2),
                                     pads=(0, 0, 0, 0), dilations=(1, 1), input_hw=(4, 4)),
 }  # fmt: skip
+
+
 def tiny_model() -> onnx.ModelProto:
     """conv(3->8)+Relu -> conv(8->8)+Relu -> GAP -> Flatten -> Gemm(8->4)."""
     from onnx import TensorProto, helper, numpy_helper
@@ -153,8 +155,6 @@ def test_importing_the_package_does_not_import_tvm():
     assert out.stdout.strip() == "False"
 
 
-
-
 def _tvm_or_skip():
     try:
         import tvm  # noqa: F401
@@ -169,3 +169,15 @@ def test_tvm_llvm_backend_compiles_and_times_a_conv():
     assert backend.fingerprint()["target"]["kind"] == "llvm"
     got = measure_points(backend, "tvm-llvm", SIGS["dense"], [(8, 8), (8, 16)], config=FAST)
     assert all(m.median_ms > 0 for m in got.values())
+
+
+def test_time_budget_stops_and_a_rerun_resumes(tmp_path, capsys):
+    path, db = tmp_path / "tiny.onnx", tmp_path / "p.sqlite"
+    onnx.save(tiny_model(), path)
+    assert _cli(path, "--threads", "1", "--profile-db", db, "--time-budget", "0.5") == 3
+    assert "rerun to resume" in capsys.readouterr().out
+    with ProfileDB(db) as handle:
+        partial = handle.count()
+    assert _cli(path, "--threads", "1", "--profile-db", db) == 0
+    with ProfileDB(db) as handle:
+        assert handle.count() > partial

@@ -6,7 +6,6 @@ import math
 import random
 
 import pytest
-
 from onnx_hwprune.cost_models.staircase import (
     AxisProfile,
     SearchConfig,

@@ -24,7 +24,14 @@ from onnx import shape_inference, version_converter
 from onnx_hwprune.errors import UserError
 from onnx_hwprune.frontends.onnx._io import ModelSource, read_model
 
-__all__ = ["MIN_OPSET", "default_opset", "load_graph", "normalize_model", "export_model", "verify_model"]
+__all__ = [
+    "MIN_OPSET",
+    "default_opset",
+    "load_graph",
+    "normalize_model",
+    "export_model",
+    "verify_model",
+]
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +120,24 @@ def _set_input_shapes(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]
             tensor_type.shape.dim.add().dim_value = int(d)
 
 
+def _has_foldable_nodes(model: onnx.ModelProto) -> bool:
+    """Any node computed from constants alone (or a Shape of a static tensor)?
+
+    The fold is a full import/export round trip that copies every weight; models
+    exported with plain initializers (most of them) skip it.
+    """
+    constant = {t.name for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type in _NEVER_FOLD:
+            continue
+        if node.op_type == "Shape" or all(not i or i in constant for i in node.input):
+            return True
+    return False
+
+
 def _fold(model: onnx.ModelProto) -> onnx.ModelProto:
+    if not _has_foldable_nodes(model):
+        return model
     with _quiet_graphsurgeon():
         graph = gs.import_onnx(model)
         graph.fold_constants(
@@ -125,12 +149,47 @@ def _fold(model: onnx.ModelProto) -> onnx.ModelProto:
         return gs.export_onnx(graph, do_type_check=False)
 
 
-def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
+def _infer(model: onnx.ModelProto, strict: bool = False) -> onnx.ModelProto:
+    """Shapes inferred in place, on a weightless skeleton of the model.
+
+    onnx's C++ inference works on a serialized copy of its input; it needs the dims of
+    the weights, never their values (only small shape-computing constants, kept whole),
+    so the skeleton saves two copies of every weight: a 100 MB model would otherwise
+    peak at several times its size here.
+    """
     _fix_ir_version(model)
     try:
-        return shape_inference.infer_shapes(model, check_type=False, data_prop=True)
+        inferred = shape_inference.infer_shapes(
+            _skeleton(model), check_type=False, strict_mode=strict, data_prop=True
+        )
     except Exception as exc:  # shape inference raises InferenceError or bare C++ errors
+        if strict:
+            raise
         raise UserError(f"shape inference failed: {str(exc).splitlines()[0]}") from None
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inferred.graph.value_info)
+    for dst, src in zip(model.graph.output, inferred.graph.output, strict=True):
+        dst.CopyFrom(src)
+    return model
+
+
+_SKELETON_KEEP_BYTES = 4096  # shape-computing constants (Reshape targets...) are smaller
+
+
+def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with large initializers reduced to name, type and dims."""
+    sk = onnx.ModelProto(ir_version=model.ir_version)
+    sk.opset_import.extend(model.opset_import)
+    graph = sk.graph
+    graph.name = model.graph.name
+    for field in ("node", "input", "output", "value_info"):
+        getattr(graph, field).extend(getattr(model.graph, field))
+    for tensor in model.graph.initializer:
+        if tensor.ByteSize() <= _SKELETON_KEEP_BYTES:
+            graph.initializer.append(tensor)
+        else:
+            graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
+    return sk
 
 
 def _fix_ir_version(model: onnx.ModelProto) -> None:
@@ -164,12 +223,16 @@ def export_model(graph: gs.Graph, ir_version: int | None = None) -> onnx.ModelPr
 
 
 def verify_model(model: onnx.ModelProto) -> None:
-    """The promise made about every model we write: full check and strict shape inference.
+    """The promise made about every model we write: what ``check_model(full_check=True)``
+    checks (the checker, then strict shape inference), with inference on a skeleton.
 
     Raises:
         RuntimeError: a bug in a pass produced an invalid model (not a user error).
     """
     try:
-        onnx.checker.check_model(model, full_check=True)
-    except onnx.checker.ValidationError as exc:
+        onnx.checker.check_model(model)
+        shape_inference.infer_shapes(
+            _skeleton(model), check_type=True, strict_mode=True, data_prop=True
+        )
+    except (onnx.checker.ValidationError, shape_inference.InferenceError) as exc:
         raise RuntimeError(f"pruned model is invalid: {exc}") from exc

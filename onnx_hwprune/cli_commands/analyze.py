@@ -11,9 +11,16 @@ HELP = "list the channel groups of a model: size, members, frozen or not and why
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", metavar="IN", help="ONNX model")
-    parser.add_argument("--json", action="store_true", help="machine-readable output with index maps")
-    parser.add_argument("--input-shape", action="append", default=[], metavar="NAME:D0,D1,...",
-                        help="fix an input's shape (repeatable)")
+    parser.add_argument(
+        "--json", action="store_true", help="machine-readable output with index maps"
+    )
+    parser.add_argument(
+        "--input-shape",
+        action="append",
+        default=[],
+        metavar="NAME:D0,D1,...",
+        help="fix an input's shape (repeatable)",
+    )
 
 
 def _table(groups) -> str:

@@ -28,14 +28,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("input", metavar="IN", help="ONNX model to prune (never modified)")
     parser.add_argument("output", metavar="OUT", help="where to write the pruned model")
-    parser.add_argument("--ratio", type=_ratio, default=0.3, help="share of channels to remove, [0,1) (default 0.3)")
-    parser.add_argument("--method", choices=sorted(PLANNERS), default="uniform", help="how to spread the pruning")
-    parser.add_argument("--criterion", choices=sorted(CRITERIA), default="l1", help="channel importance")
-    parser.add_argument("--plan", metavar="PLAN.json", help="apply a saved plan instead of planning")
+    parser.add_argument(
+        "--ratio", type=_ratio, default=0.3, help="share of channels to remove, [0,1) (default 0.3)"
+    )
+    parser.add_argument(
+        "--method", choices=sorted(PLANNERS), default="uniform", help="how to spread the pruning"
+    )
+    parser.add_argument(
+        "--criterion", choices=sorted(CRITERIA), default="l1", help="channel importance"
+    )
+    parser.add_argument(
+        "--plan", metavar="PLAN.json", help="apply a saved plan instead of planning"
+    )
     parser.add_argument("--save-plan", metavar="PLAN.json", help="write the plan used")
     parser.add_argument("--report", metavar="REPORT.json", help="write the JSON report")
-    parser.add_argument("--input-shape", action="append", default=[], metavar="NAME:D0,D1,...",
-                        help="fix an input's shape (repeatable), e.g. input:1,3,224,224")
+    parser.add_argument(
+        "--input-shape",
+        action="append",
+        default=[],
+        metavar="NAME:D0,D1,...",
+        help="fix an input's shape (repeatable), e.g. input:1,3,224,224",
+    )
     parser.add_argument("--quiet", action="store_true", help="no summary on stdout")
 
 
@@ -74,8 +87,14 @@ def run(args: argparse.Namespace) -> int:
     from onnx_hwprune.report import format_summary
 
     _check_outputs(args)
-    result = prune(args.input, ratio=args.ratio, method=args.method, criterion=args.criterion,
-                   plan=_load_plan(args.plan), input_shapes=parse_input_shapes(args.input_shape) or None)
+    result = prune(
+        args.input,
+        ratio=args.ratio,
+        method=args.method,
+        criterion=args.criterion,
+        plan=_load_plan(args.plan),
+        input_shapes=parse_input_shapes(args.input_shape) or None,
+    )
     if result.model is None:
         # Nothing to prune is not an error: the model comes out unchanged.
         write_bytes_atomic(args.output, Path(args.input).read_bytes())

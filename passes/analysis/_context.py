@@ -36,7 +36,9 @@ class CoupleContext:
         self.opset = opset
         self.frozen_tensors: dict[str, list[str]] = {}
 
-    def act(self, tensor: gs.Tensor, node: gs.Node, role: str, produced: bool = False) -> int | None:
+    def act(
+        self, tensor: gs.Tensor, node: gs.Node, role: str, produced: bool = False
+    ) -> int | None:
         """The channel space (axis 1) of an activation tensor, or None after freezing.
 
         Args:
@@ -60,7 +62,9 @@ class CoupleContext:
         self.table.declare(sid, node.name, role)
         return sid
 
-    def broadcast_param(self, tensor: gs.Tensor, node: gs.Node, out_rank: int, channels: int) -> int | None:
+    def broadcast_param(
+        self, tensor: gs.Tensor, node: gs.Node, out_rank: int, channels: int
+    ) -> int | None:
         """The channel space of a constant broadcast against a rank-``out_rank`` tensor.
 
         Numpy broadcasting aligns shapes on the right, so output axis 1 is constant axis
@@ -74,11 +78,15 @@ class CoupleContext:
         if axis < 0 or values.shape[axis] == 1:
             return None
         if values.shape[axis] != channels:
-            self.freeze_node(node, f"{tensor.name} broadcasts {values.shape[axis]} onto {channels} channels")
+            self.freeze_node(
+                node, f"{tensor.name} broadcasts {values.shape[axis]} onto {channels} channels"
+            )
             return None
         return self.param(tensor, node, "const", axis)
 
-    def union(self, a: int, b: int, a_idx: np.ndarray | None = None, b_idx: np.ndarray | None = None) -> None:
+    def union(
+        self, a: int, b: int, a_idx: np.ndarray | None = None, b_idx: np.ndarray | None = None
+    ) -> None:
         self.table.union(a, b, a_idx, b_idx)
 
     def size(self, sid: int) -> int:
@@ -105,7 +113,9 @@ class RewriteContext:
         sizes: the original size of every space ``(tensor, axis)`` the analysis saw.
     """
 
-    def __init__(self, kept: Mapping[tuple[str, int], np.ndarray], sizes: Mapping[tuple[str, int], int]) -> None:
+    def __init__(
+        self, kept: Mapping[tuple[str, int], np.ndarray], sizes: Mapping[tuple[str, int], int]
+    ) -> None:
         self.kept = kept
         self.sizes = sizes
 

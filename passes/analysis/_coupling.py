@@ -87,7 +87,9 @@ class CouplingTable:
             self._index[key] = sid
             self._n += size
         elif self.spaces[sid].size != size:
-            self.freeze(sid, f"size mismatch on {tensor} axis {axis}: {self.spaces[sid].size} vs {size}")
+            self.freeze(
+                sid, f"size mismatch on {tensor} axis {axis}: {self.spaces[sid].size} vs {size}"
+            )
         return sid
 
     def find(self, tensor: str, axis: int = 1) -> int | None:
@@ -98,7 +100,9 @@ class CouplingTable:
         if produced:
             self.produced.add(sid)
 
-    def union(self, a: int, b: int, a_idx: np.ndarray | None = None, b_idx: np.ndarray | None = None) -> None:
+    def union(
+        self, a: int, b: int, a_idx: np.ndarray | None = None, b_idx: np.ndarray | None = None
+    ) -> None:
         """Couple element ``a_idx[k]`` of space ``a`` with element ``b_idx[k]`` of ``b``.
 
         Without indices the two spaces are coupled one-to-one (they must be the same size).
@@ -106,8 +110,12 @@ class CouplingTable:
         sa, sb = self.spaces[a], self.spaces[b]
         if a_idx is None and b_idx is None:
             if sa.size != sb.size:
-                self.freeze(a, f"cannot couple {sa.tensor} ({sa.size}) with {sb.tensor} ({sb.size})")
-                self.freeze(b, f"cannot couple {sa.tensor} ({sa.size}) with {sb.tensor} ({sb.size})")
+                self.freeze(
+                    a, f"cannot couple {sa.tensor} ({sa.size}) with {sb.tensor} ({sb.size})"
+                )
+                self.freeze(
+                    b, f"cannot couple {sa.tensor} ({sa.size}) with {sb.tensor} ({sb.size})"
+                )
                 return
             a_idx = b_idx = np.arange(sa.size)
         self._edges_a.append(sa.offset + np.asarray(a_idx, dtype=np.int64))

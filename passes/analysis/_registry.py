@@ -61,7 +61,9 @@ class HandlerRegistry:
     def __init__(self) -> None:
         self._entries: dict[str, list[_Entry]] = {}
 
-    def add(self, ops: tuple[str, ...], handler: OpHandler, since: int = 1, until: int | None = None) -> None:
+    def add(
+        self, ops: tuple[str, ...], handler: OpHandler, since: int = 1, until: int | None = None
+    ) -> None:
         for op in ops:
             entry = _Entry(op, since, until, handler)
             for other in self._entries.get(op, []):

@@ -18,11 +18,11 @@ from collections import defaultdict
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnx_hwprune.passes._infra import Module, Pass, PassContext
 from onnx_hwprune.passes.analysis import handlers as _handlers  # noqa: F401  (registration)
 from onnx_hwprune.passes.analysis._context import CoupleContext
 from onnx_hwprune.passes.analysis._coupling import CouplingTable
 from onnx_hwprune.passes.analysis._registry import DEFAULT_REGISTRY, HandlerRegistry
-from onnx_hwprune.passes._infra import Module, Pass, PassContext
 from onnx_hwprune.passes.analysis.groups import ChannelGroup, ChannelGroups, Member
 
 __all__ = ["ChannelGroupAnalysis", "analyze_channel_groups", "graph_opset"]
@@ -35,14 +35,20 @@ def graph_opset(graph: gs.Graph) -> int:
     return int(opset) if opset else 13
 
 
-def analyze_channel_groups(graph: gs.Graph, registry: HandlerRegistry = DEFAULT_REGISTRY) -> ChannelGroups:
+def analyze_channel_groups(
+    graph: gs.Graph, registry: HandlerRegistry = DEFAULT_REGISTRY
+) -> ChannelGroups:
     """Find the channel groups of ``graph`` (see the module docstring for the rules)."""
     table = CouplingTable()
     ctx = CoupleContext(table, graph_opset(graph))
     for node in graph.nodes:
         handler = registry.lookup(node.op, node.domain or "", ctx.opset)
         if handler is None:
-            ctx.freeze_node(node, f"no handler for op {node.op!r}" + (f" (domain {node.domain})" if node.domain else ""))
+            ctx.freeze_node(
+                node,
+                f"no handler for op {node.op!r}"
+                + (f" (domain {node.domain})" if node.domain else ""),
+            )
             continue
         handler.couple(node, ctx)
     _freeze_interface(graph, table, ctx)
@@ -83,23 +89,36 @@ def _atom_signatures(atom_of: np.ndarray, space_of: np.ndarray) -> list[tuple[in
     pairs = np.unique(atom_of * n_spaces + space_of)
     atoms, spaces = np.divmod(pairs, n_spaces)
     bounds = np.searchsorted(atoms, np.arange(int(atom_of.max()) + 2 if atom_of.size else 1))
-    return [tuple(spaces[bounds[a]:bounds[a + 1]].tolist()) for a in range(len(bounds) - 1)]
+    return [tuple(spaces[bounds[a] : bounds[a + 1]].tolist()) for a in range(len(bounds) - 1)]
 
 
 def _make_group(
-    table: CouplingTable, signature: tuple[int, ...], atoms: list[int], atom_of: np.ndarray, names: set[str]
+    table: CouplingTable,
+    signature: tuple[int, ...],
+    atoms: list[int],
+    atom_of: np.ndarray,
+    names: set[str],
 ) -> ChannelGroup:
     anchor = _anchor(table, signature)
     positions = _positions_by_atom(table, signature, atoms, atom_of)
     # Group index i is the atom's order in the anchor space: filter i of the producer.
     order = sorted(atoms, key=lambda a: positions[anchor][a][0])
     members = tuple(
-        Member(d.node, d.role, table.spaces[d.space].tensor, table.spaces[d.space].axis,
-               table.spaces[d.space].is_param, tuple(positions[d.space][a] for a in order))
-        for d in table.declarations if d.space in positions
+        Member(
+            d.node,
+            d.role,
+            table.spaces[d.space].tensor,
+            table.spaces[d.space].axis,
+            table.spaces[d.space].is_param,
+            tuple(positions[d.space][a] for a in order),
+        )
+        for d in table.declarations
+        if d.space in positions
     )
     reasons = sorted({r for sid in signature for r in table.frozen.get(sid, [])})
-    return ChannelGroup(_unique_name(table.spaces[anchor].tensor, names), len(atoms), members, tuple(reasons))
+    return ChannelGroup(
+        _unique_name(table.spaces[anchor].tensor, names), len(atoms), members, tuple(reasons)
+    )
 
 
 def _anchor(table: CouplingTable, signature: tuple[int, ...]) -> int:
@@ -118,7 +137,7 @@ def _positions_by_atom(
     out: dict[int, dict[int, tuple[int, ...]]] = {}
     for sid in signature:
         space = table.spaces[sid]
-        local = atom_of[space.offset: space.offset + space.size]
+        local = atom_of[space.offset : space.offset + space.size]
         idx = np.nonzero(wanted[local])[0]
         per_atom: dict[int, list[int]] = defaultdict(list)
         for pos, atom in zip(idx.tolist(), local[idx].tolist(), strict=True):

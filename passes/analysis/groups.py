@@ -130,6 +130,9 @@ def _compact_map(index_map: tuple[tuple[int, ...], ...]) -> dict:
     if index_map and all(len(p) == len(index_map[0]) for p in index_map):
         width = len(index_map[0])
         first = index_map[0][0]
-        if all(p == tuple(range(first + i * width, first + (i + 1) * width)) for i, p in enumerate(index_map)):
+        if all(
+            p == tuple(range(first + i * width, first + (i + 1) * width))
+            for i, p in enumerate(index_map)
+        ):
             return {"kind": "blocks", "start": first, "block": width, "length": len(index_map)}
     return {"kind": "explicit", "positions": [list(p) for p in index_map]}

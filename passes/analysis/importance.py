@@ -71,7 +71,9 @@ CRITERIA: dict[str, Criterion] = {
 }
 
 
-def channel_importance(graph: gs.Graph, groups: ChannelGroups, criterion: str) -> dict[str, np.ndarray]:
+def channel_importance(
+    graph: gs.Graph, groups: ChannelGroups, criterion: str
+) -> dict[str, np.ndarray]:
     """Scores for every prunable group, keyed by group name."""
     if criterion not in CRITERIA:
         raise ValueError(f"unknown criterion {criterion!r}; choose from {sorted(CRITERIA)}")
@@ -103,7 +105,9 @@ class ChannelImportance(Pass):
 
     def __init__(self, criterion: str = "l1") -> None:
         if criterion not in CRITERIA:
-            raise UserError(f"unknown criterion {criterion!r}; choose from {', '.join(sorted(CRITERIA))}")
+            raise UserError(
+                f"unknown criterion {criterion!r}; choose from {', '.join(sorted(CRITERIA))}"
+            )
         self.criterion = criterion
 
     def requires(self, mod: Module) -> None:

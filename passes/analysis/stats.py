@@ -74,10 +74,13 @@ def _layer(node: gs.Node) -> LayerStats | None:
 
 def model_stats(graph: gs.Graph) -> ModelStats:
     layers = tuple(
-        stats for node in graph.nodes if node.op in _LAYER_OPS and (stats := _layer(node)) is not None
+        stats
+        for node in graph.nodes
+        if node.op in _LAYER_OPS and (stats := _layer(node)) is not None
     )
     params = sum(
-        int(np.prod(t.shape)) for t in graph.tensors().values()
+        int(np.prod(t.shape))
+        for t in graph.tensors().values()
         if isinstance(t, gs.Constant) and np.issubdtype(t.dtype, np.floating)
     )
     return ModelStats(params, sum(layer.macs or 0 for layer in layers), layers)

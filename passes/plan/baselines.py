@@ -41,7 +41,9 @@ def uniform_plan(
 ) -> Plan:
     plans = {}
     for group in groups.prunable:
-        n_keep = max(_floor(group.size, min_channels), group.size - math.floor(group.size * ratio + 1e-9))
+        n_keep = max(
+            _floor(group.size, min_channels), group.size - math.floor(group.size * ratio + 1e-9)
+        )
         plans[group.name] = GroupPlan(group.size, keep_top(scores[group.name], n_keep))
     return Plan(plans, method="uniform", meta={"ratio": ratio})
 
@@ -67,7 +69,9 @@ def global_plan(
         if budget <= 0:
             break
         group = prunable[gi]
-        cap = min(group.size - _floor(group.size, min_channels), math.floor(group.size * max_group_ratio))
+        cap = min(
+            group.size - _floor(group.size, min_channels), math.floor(group.size * max_group_ratio)
+        )
         if len(removed[gi]) < cap:
             removed[gi].add(i)
             budget -= 1
@@ -106,7 +110,11 @@ class GlobalPlanner(_BaselinePlanner):
 
     def run(self, mod: Module, ctx: PassContext) -> Module:
         plan = global_plan(
-            mod.groups, mod.scores, self.ratio, ctx.get("plan.min_channels"), ctx.get("plan.max_group_ratio")
+            mod.groups,
+            mod.scores,
+            self.ratio,
+            ctx.get("plan.min_channels"),
+            ctx.get("plan.max_group_ratio"),
         )
         return mod.replace(plan=plan)
 

@@ -54,16 +54,19 @@ class Plan:
             "criterion": self.criterion,
             "meta": dict(self.meta),
             "groups": {
-                name: {"size": gp.size, "keep": list(gp.keep)} for name, gp in sorted(self.groups.items())
+                name: {"size": gp.size, "keep": list(gp.keep)}
+                for name, gp in sorted(self.groups.items())
             },
         }
 
     @classmethod
     def from_json(cls, data: Any) -> Plan:
         if not isinstance(data, dict) or data.get("schema") != PLAN_SCHEMA:
-            raise UserError(f"not an onnx-hwprune plan (expected \"schema\": \"{PLAN_SCHEMA}\")")
+            raise UserError(f'not an onnx-hwprune plan (expected "schema": "{PLAN_SCHEMA}")')
         if data.get("version") != PLAN_VERSION:
-            raise UserError(f"plan version {data.get('version')!r} is not supported (expected {PLAN_VERSION})")
+            raise UserError(
+                f"plan version {data.get('version')!r} is not supported (expected {PLAN_VERSION})"
+            )
         try:
             groups = {
                 str(name): GroupPlan(int(g["size"]), tuple(sorted(int(i) for i in g["keep"])))
@@ -71,7 +74,12 @@ class Plan:
             }
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise UserError(f"malformed plan: {exc!r}") from None
-        return cls(groups, str(data.get("method", "")), str(data.get("criterion", "")), dict(data.get("meta", {})))
+        return cls(
+            groups,
+            str(data.get("method", "")),
+            str(data.get("criterion", "")),
+            dict(data.get("meta", {})),
+        )
 
     def validate(self, groups: ChannelGroups) -> None:
         """Refuse a plan that does not fit the model, before anything is rewritten."""
@@ -79,9 +87,13 @@ class Plan:
         for name, gp in self.groups.items():
             group = known.get(name)
             if group is None:
-                raise UserError(f"plan names channel group {name!r}, which this model does not have")
+                raise UserError(
+                    f"plan names channel group {name!r}, which this model does not have"
+                )
             if gp.size != group.size:
-                raise UserError(f"plan says group {name!r} has {gp.size} channels; the model has {group.size}")
+                raise UserError(
+                    f"plan says group {name!r} has {gp.size} channels; the model has {group.size}"
+                )
             if not gp.keep:
                 raise UserError(f"plan would prune group {name!r} to zero channels")
             if len(set(gp.keep)) != len(gp.keep) or gp.keep[0] < 0 or gp.keep[-1] >= gp.size:

@@ -67,11 +67,15 @@ def remove_channels(
     return new
 
 
-def _slice_constants(tensors: dict[str, gs.Tensor], kept: dict[tuple[str, int], np.ndarray]) -> None:
+def _slice_constants(
+    tensors: dict[str, gs.Tensor], kept: dict[tuple[str, int], np.ndarray]
+) -> None:
     for (name, axis), positions in sorted(kept.items()):
         tensor = tensors.get(name)
         if isinstance(tensor, gs.Constant):
-            tensor.values = np.ascontiguousarray(np.take(np.asarray(tensor.values), positions, axis=axis))
+            tensor.values = np.ascontiguousarray(
+                np.take(np.asarray(tensor.values), positions, axis=axis)
+            )
 
 
 def _update_shapes(tensors: dict[str, gs.Tensor], kept: dict[tuple[str, int], np.ndarray]) -> None:

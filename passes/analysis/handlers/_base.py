@@ -35,7 +35,9 @@ def rank(tensor: gs.Tensor) -> int | None:
     return len(shape) if shape is not None else None
 
 
-def couple_passthrough(node: gs.Node, ctx: CoupleContext, data: gs.Tensor, out: gs.Tensor) -> int | None:
+def couple_passthrough(
+    node: gs.Node, ctx: CoupleContext, data: gs.Tensor, out: gs.Tensor
+) -> int | None:
     """Channel c of ``out`` is channel c of ``data`` (elementwise, pooling, resize...)."""
     sin = ctx.act(data, node, "act_in")
     sout = ctx.act(out, node, "act_out", produced=True)

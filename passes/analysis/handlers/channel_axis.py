@@ -131,8 +131,10 @@ def _channel_bounds(node: gs.Node) -> tuple[int, int, int] | None | bool:
     """(position in starts/ends, start, end) of the channel axis; None if the channel axis
     is not sliced; False if the slice cannot be handled."""
     r = rank(node.inputs[0])
-    consts = [const_values(t) if t is not None else None for t in
-              (optional_input(node, i) for i in range(1, 5))]
+    consts = [
+        const_values(t) if t is not None else None
+        for t in (optional_input(node, i) for i in range(1, 5))
+    ]
     starts, ends, axes, steps = consts
     if r is None or starts is None or ends is None:
         return False

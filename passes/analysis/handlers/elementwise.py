@@ -18,10 +18,37 @@ from onnx_hwprune.passes.analysis.handlers._base import Handler, couple_passthro
 __all__ = ["UnaryHandler", "PReluHandler", "BroadcastHandler", "UNARY_OPS", "BROADCAST_OPS"]
 
 UNARY_OPS = (
-    "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
-    "Celu", "Gelu", "Softplus", "Softsign", "Mish", "ThresholdedRelu", "Abs", "Neg", "Exp",
-    "Log", "Sqrt", "Reciprocal", "Erf", "Floor", "Ceil", "Round", "Sign", "Sin", "Cos",
-    "Clip", "Identity", "Cast", "Dropout",
+    "Relu",
+    "LeakyRelu",
+    "Sigmoid",
+    "HardSigmoid",
+    "HardSwish",
+    "Tanh",
+    "Elu",
+    "Selu",
+    "Celu",
+    "Gelu",
+    "Softplus",
+    "Softsign",
+    "Mish",
+    "ThresholdedRelu",
+    "Abs",
+    "Neg",
+    "Exp",
+    "Log",
+    "Sqrt",
+    "Reciprocal",
+    "Erf",
+    "Floor",
+    "Ceil",
+    "Round",
+    "Sign",
+    "Sin",
+    "Cos",
+    "Clip",
+    "Identity",
+    "Cast",
+    "Dropout",
 )
 BROADCAST_OPS = ("Add", "Sub", "Mul", "Div", "Pow", "Sum", "Max", "Min", "Mean")
 
@@ -73,7 +100,9 @@ class BroadcastHandler(Handler):
             self._couple_operand(node, ctx, operand, sy, len(shape))
 
     @staticmethod
-    def _couple_operand(node: gs.Node, ctx: CoupleContext, operand: gs.Tensor, sy: int, out_rank: int) -> None:
+    def _couple_operand(
+        node: gs.Node, ctx: CoupleContext, operand: gs.Tensor, sy: int, out_rank: int
+    ) -> None:
         channels = ctx.size(sy)
         if const_values(operand) is not None:
             sp = ctx.broadcast_param(operand, node, out_rank, channels)

@@ -16,7 +16,9 @@ from onnx_hwprune.passes.analysis.handlers._base import Handler, optional_input,
 __all__ = ["GemmHandler", "MatMulHandler"]
 
 
-def _couple_dense(node: gs.Node, ctx: CoupleContext, w: gs.Tensor, in_axis: int, out_axis: int) -> int | None:
+def _couple_dense(
+    node: gs.Node, ctx: CoupleContext, w: gs.Tensor, in_axis: int, out_axis: int
+) -> int | None:
     a, y = node.inputs[0], node.outputs[0]
     if const_values(w) is None or const_values(w).ndim != 2:
         ctx.freeze_node(node, "weight is not a constant matrix")

@@ -12,7 +12,9 @@ from onnx_hwprune.passes.analysis.handlers._base import Handler, couple_passthro
 __all__ = ["BatchNormHandler", "InstanceNormHandler", "CrossChannelHandler", "LayerNormHandler"]
 
 
-def _couple_params(node: gs.Node, ctx: CoupleContext, sy: int, first: int, last: int, role: str) -> None:
+def _couple_params(
+    node: gs.Node, ctx: CoupleContext, sy: int, first: int, last: int, role: str
+) -> None:
     for index in range(first, min(last, len(node.inputs))):
         sp = ctx.param(node.inputs[index], node, role if index == first else "norm_param", 0)
         if sp is None:

@@ -29,7 +29,13 @@ from onnx_hwprune.passes.analysis._context import (
 from onnx_hwprune.passes.analysis._registry import register
 from onnx_hwprune.passes.analysis.handlers._base import Handler, couple_passthrough
 
-__all__ = ["FlattenHandler", "ReshapeHandler", "TransposeHandler", "SqueezeHandler", "ShapeOnlyHandler"]
+__all__ = [
+    "FlattenHandler",
+    "ReshapeHandler",
+    "TransposeHandler",
+    "SqueezeHandler",
+    "ShapeOnlyHandler",
+]
 
 _SHUFFLE_PERM = [0, 2, 1, 3, 4]
 
@@ -64,7 +70,11 @@ def _shuffle_nodes(node: gs.Node) -> tuple[gs.Node, gs.Node, gs.Node] | None:
         return None
     transpose = _single_consumer(first.outputs[0], "Transpose")
     last = _single_consumer(transpose.outputs[0], "Reshape") if transpose is not None else None
-    if last is None or list(transpose.attrs.get("perm", [])) != _SHUFFLE_PERM or len(_target(last)) != 4:
+    if (
+        last is None
+        or list(transpose.attrs.get("perm", [])) != _SHUFFLE_PERM
+        or len(_target(last)) != 4
+    ):
         return None
     return first, transpose, last
 
@@ -80,8 +90,11 @@ def shuffle_pattern(node: gs.Node) -> tuple[gs.Node, gs.Node, gs.Node] | None:
     if nodes is None:
         return None
     first, _, last = nodes
-    in_shape, mid, out_shape = (static_shape(first.inputs[0]), static_shape(first.outputs[0]),
-                                static_shape(last.outputs[0]))
+    in_shape, mid, out_shape = (
+        static_shape(first.inputs[0]),
+        static_shape(first.outputs[0]),
+        static_shape(last.outputs[0]),
+    )
     if not in_shape or not mid or not out_shape or len(in_shape) != 4 or len(out_shape) != 4:
         return None
     if not all(isinstance(d, int) for d in (in_shape[1], mid[1], mid[2], out_shape[1])):
@@ -125,7 +138,9 @@ def _keeps_channel_axis(node: gs.Node) -> bool:
     in_shape, out_shape = static_shape(node.inputs[0]), static_shape(node.outputs[0])
     if not in_shape or not out_shape or len(in_shape) < 2 or len(out_shape) < 2:
         return False
-    return in_shape[0] == out_shape[0] and in_shape[1] == out_shape[1] and isinstance(in_shape[1], int)
+    return (
+        in_shape[0] == out_shape[0] and in_shape[1] == out_shape[1] and isinstance(in_shape[1], int)
+    )
 
 
 @register("Flatten")

@@ -19,9 +19,7 @@ from onnx_hwprune.passes.analysis.handlers._base import (
 __all__ = ["PoolHandler", "PadHandler", "ResizeHandler", "ReduceHandler", "SoftmaxHandler"]
 
 
-@register(
-    "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"
-)
+@register("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool")
 class PoolHandler(Handler):
     def couple(self, node: gs.Node, ctx: CoupleContext) -> None:
         if any(used(t) for t in node.outputs[1:]):
@@ -99,8 +97,16 @@ class ResizeHandler(Handler):
 
 
 _REDUCE_OPS = (
-    "ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd", "ReduceL1", "ReduceL2",
-    "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare",
+    "ReduceMean",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceSum",
+    "ReduceProd",
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceLogSum",
+    "ReduceLogSumExp",
+    "ReduceSumSquare",
 )
 
 

@@ -1,0 +1,360 @@
+"""Benchmark of the latency model: measurements needed, prediction error, whole network.
+
+For each target and network (ResNet-50, MobileNetV2, VGG-16 at 224x224 by default):
+
+1. *Measurements needed*: every distinct layer family (signature + full channel counts) is
+   profiled with the staircase detector into a fresh profile DB; the number of points
+   measured is compared with an exhaustive sweep of each profiled axis (every count
+   1..N, the other axis at full; also over the modelled range ``[lo, N]``).
+2. *Per-layer prediction error*: ``--holdout`` random counts per axis in ``[lo, N]`` that
+   the detector did not measure, plus random off-axis (in, out) pairs for dense layers,
+   are measured and compared with the model (MAPE).
+3. *Whole network*: the cost model (calibrated on the unpruned network) predicts pruned
+   variants (channels inside residual blocks / expansions / chains cut to random
+   fractions, aligned and unaligned); every variant is measured (interleaved) and compared.
+
+Writes ``results_<target>.json`` into ``--out`` and prints a markdown table.
+
+Usage::
+
+    python tools/bench_latency_model.py --out /tmp/bench [--targets cpu,tvm-llvm]
+        [--networks resnet50,mobilenet_v2,vgg16] [--image-size 224] [--threads 1] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx_hwprune.cost_models.network import LayerEntry, NetworkCostModel, prediction_report
+from onnx_hwprune.cost_models.profile_db import ProfileDB
+from onnx_hwprune.cost_models.signature import extract_layers
+from onnx_hwprune.frontends.builders.networks import NETWORKS
+from onnx_hwprune.frontends.onnx import normalize_model
+from onnx_hwprune.runtime.microbench import measure_points
+from onnx_hwprune.runtime.profiler import (
+    ProfileOptions,
+    calibrate,
+    profile_layers,
+)
+from onnx_hwprune.runtime.targets import get_target
+from onnx_hwprune.runtime.timing import TimingConfig, measure
+
+logger = logging.getLogger("bench")
+_PER_CHANNEL = ("BatchNormalization", "Relu", "Clip", "MaxPool")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for target_name in args.targets.split(","):
+        target = get_target(target_name)
+        backend = target.make_backend(threads=args.threads)
+        db_path = args.out / f"bench_{target_name}.sqlite"
+        if db_path.exists() and not args.resume:
+            db_path.unlink()
+        results = {"target": target_name, "source": target.source,
+                   "fingerprint": backend.fingerprint(), "args": _jsonable(vars(args)),
+                   "networks": {}}  # fmt: skip
+        with ProfileDB(db_path) as db:
+            for net in args.networks.split(","):
+                size = args.tvm_image_size if target_name.startswith("tvm") else args.image_size
+                results["networks"][net] = bench_network(net, size, target_name, backend, db, args)
+                _write(args.out / f"results_{target_name}.json", results)
+        print(markdown(results))
+    return 0
+
+
+def _parse(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--targets", default="cpu,tvm-llvm")
+    p.add_argument("--networks", default="resnet50,mobilenet_v2,vgg16")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--tvm-image-size", type=int, default=224)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--holdout", type=int, default=4, help="held-out counts per axis")
+    p.add_argument("--variants", type=int, default=3, help="pruned variants per network")
+    p.add_argument("--max-families", type=int, default=0, help="0: all layer families")
+    p.add_argument("--no-network", action="store_true", help="skip the whole-network part")
+    p.add_argument("--quick", action="store_true", help="smoke run: 3 families, image 64")
+    p.add_argument("--resume", action="store_true", help="keep an existing bench DB")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.max_families, args.image_size, args.tvm_image_size = 3, 64, 32
+        args.holdout, args.variants = 2, 1
+    return args
+
+
+def bench_network(net, size, target, backend, db, args) -> dict:
+    """All three measures for one network on one target."""
+    t0 = time.monotonic()
+    model = normalize_model(NETWORKS[net](seed=0, image_size=size))
+    layers = extract_layers(gs.import_onnx(model))
+    families = _families(layers, args.max_families)
+    options = ProfileOptions()
+    counted = []
+    models = {}
+    for layer in families.values():
+        before = len(counted)
+        progress = lambda i, c, n, label: counted.extend([1] * n)  # noqa: E731
+        models.update(profile_layers([layer], backend, target, db, options, progress))
+        logger.info("%s %s: %d points", net, layer.node, len(counted) - before)
+    profile_s = time.monotonic() - t0
+    rng = random.Random(args.seed)
+    fam_rows = [_family_row(layer, models[key], backend, target, args, rng)
+                for key, layer in families.items()]  # fmt: skip
+    result = {"image_size": size, "layers": len(layers), "families": len(families),
+              "profile_seconds": profile_s, "points_measured": len(counted),
+              "family_rows": fam_rows, **_summarise(fam_rows)}  # fmt: skip
+    if not args.no_network and not args.max_families:
+        result["network"] = _bench_whole(model, layers, models, backend, target, args, rng)
+    result["seconds"] = time.monotonic() - t0
+    return result
+
+
+def _families(layers, limit):
+    fams = {}
+    for layer in layers:
+        fams.setdefault((layer.signature.key(), layer.in_channels, layer.out_channels), layer)
+    return dict(list(fams.items())[:limit]) if limit else fams
+
+
+def _family_row(layer, model, backend, target, args, rng) -> dict:
+    """Exhaustive-sweep size and held-out errors of one family."""
+    sig = layer.signature
+    measured = {(name, c) for name, prof in model.axes for c, _, _ in prof.points}
+    pairs, preds = [], []
+    full_axis, range_axis = 0, 0
+    for name, prof in model.axes:
+        full_axis += prof.full
+        range_axis += prof.full - prof.lo + 1
+        pool = [c for c in range(prof.lo, prof.full) if (name, c) not in measured]
+        for c in rng.sample(pool, min(args.holdout, len(pool))):
+            pair = _pair(name, c, layer, model)
+            pairs.append(pair)
+            preds.append(("axis", pair, model.latency(*pair)))
+    if sig.group_kind == "dense" and len(model.axes) == 2:
+        for _ in range(args.holdout // 2):
+            pair = (rng.randint(model.axis("in").lo, layer.in_channels - 1),
+                    rng.randint(model.axis("out").lo, layer.out_channels - 1))  # fmt: skip
+            pairs.append(pair)
+            preds.append(("2d", pair, model.latency(*pair)))
+    truth = measure_points(backend, target, sig, pairs, db=None) if pairs else {}
+    errs = [{"kind": k, "in": p[0], "out": p[1], "pred": e.ms, "meas": truth[p].median_ms,
+             "provenance": e.provenance, "ape": abs(e.ms - truth[p].median_ms) / truth[p].median_ms}
+            for k, p, e in preds]  # fmt: skip
+    return {"node": layer.node, "signature": sig.describe(), "in": layer.in_channels,
+            "out": layer.out_channels, "axes": [n for n, _ in model.axes],
+            "points": len(measured), "exhaustive_full": full_axis,
+            "exhaustive_range": range_axis, "holdout": errs,
+            "align": {n: p.align for n, p in model.axes},
+            "edges": {n: [c for c, _ in model.stair_edges(n)][:8] for n, _ in model.axes}}  # fmt: skip
+
+
+def _pair(axis, c, layer, model):
+    if axis == "in":
+        return (c, layer.out_channels)
+    if axis == "out":
+        return (layer.in_channels, c)
+    return (c * model.per_ch[0], c * model.per_ch[1])
+
+
+def _summarise(rows) -> dict:
+    def mape(kind):
+        v = [e["ape"] for r in rows for e in r["holdout"] if e["kind"] == kind]
+        return float(np.mean(v)) if v else None
+
+    points = sum(r["points"] for r in rows)
+    convs = [r for r in rows if r["signature"].startswith("Conv")]
+    conv_points = sum(r["points"] for r in convs)
+    return {"fraction_of_full_sweep_convs": conv_points
+            / max(1, sum(r["exhaustive_full"] for r in convs)),"points_distinct": points,
+            "exhaustive_full": sum(r["exhaustive_full"] for r in rows),
+            "exhaustive_range": sum(r["exhaustive_range"] for r in rows),
+            "fraction_of_full_sweep": points / max(1, sum(r["exhaustive_full"] for r in rows)),
+            "fraction_of_range_sweep": points / max(1, sum(r["exhaustive_range"] for r in rows)),
+            "mape_axis": mape("axis"), "mape_2d": mape("2d"),
+            "holdout_points": sum(len(r["holdout"]) for r in rows)}  # fmt: skip
+
+
+# -- whole network ---------------------------------------------------------------------
+
+
+def _bench_whole(model, layers, models, backend, target, args, rng) -> dict:
+    key = {layer.node: (layer.signature.key(), layer.in_channels, layer.out_channels)
+           for layer in layers}  # fmt: skip
+    variants = _variants(model, args.variants, rng)
+    runnables = {name: backend.prepare(m) for name, (m, _) in variants.items()}
+    timings = measure({n: r.sample for n, r in runnables.items()}, TimingConfig(rounds=7))
+    del runnables
+    # The unpruned model's time comes from the same interleaved batch as the variants.
+    total, residual, scales = calibrate(
+        model, backend, layers, models, total_ms=timings["full"].median_ms
+    )
+    entries = tuple(
+        LayerEntry(
+            l.node,
+            l.in_channels,
+            l.out_channels,
+            models[key[l.node]],  # noqa: E741
+            scales[l.node],
+        )
+        for l in layers
+    )  # noqa: E741
+    cost = NetworkCostModel(target, backend.fingerprint_hash(), entries, residual, total)
+    raw = NetworkCostModel(target, "", tuple(LayerEntry(e.node, e.in_channels, e.out_channels,
+                           e.model) for e in entries), total - sum(e.model.full_ms for e in entries))  # fmt: skip
+    cases = [(n, cost.predict(ch), timings[n].median_ms) for n, (_, ch) in variants.items()]
+    raw_cases = [(n, raw.predict(ch), timings[n].median_ms) for n, (_, ch) in variants.items()]
+    return {"measured_full_ms": total, "residual_ms": residual,
+            "calibrated": prediction_report(cases), "uncalibrated": prediction_report(raw_cases)}  # fmt: skip
+
+
+def _variants(model, count, rng) -> dict:
+    """name -> (pruned model, channels by layer); the first is the unpruned model."""
+    graph = gs.import_onnx(model)
+    chains = _chains(graph)
+    out = {"full": (model, {})}
+    styles = ["aligned16", "unaligned", "mixed"]
+    for v in range(count):
+        style = styles[v % len(styles)]
+        keeps = {}
+        for chain in chains:
+            n = chain[0].outputs[0].shape[1] if chain[0].op == "Conv" else _gemm_out(chain[0])
+            k = max(1, int(n * rng.uniform(0.4, 0.95)))
+            if style == "aligned16" or (style == "mixed" and rng.random() < 0.5):
+                k = max(16, k - k % 16)
+            keeps[chain[0].name] = k
+        out[f"{style}{v}"] = _prune(model, keeps)
+    return out
+
+
+def _gemm_out(node) -> int:
+    w = node.inputs[1].values
+    return w.shape[0] if int(node.attrs.get("transB", 0)) else w.shape[1]
+
+
+def _chains(graph) -> list[list]:
+    """[producer, (depthwise), consumer] chains joined by per-channel ops only."""
+    chains = []
+    for node in graph.nodes:
+        if node.op not in ("Conv", "Gemm") or not _dense(node):
+            continue
+        path, cur = [node], node
+        while True:
+            users = list(cur.outputs[0].outputs)
+            if len(users) != 1:
+                break
+            cur = users[0]
+            if cur.op in _PER_CHANNEL:
+                continue
+            if cur.op == "Conv" and _depthwise(cur) and len(path) == 1:
+                path.append(cur)
+                continue
+            if cur.op in ("Conv", "Gemm") and _dense(cur) and cur.op == node.op:
+                path.append(cur)
+                chains.append(path)
+            break
+    return chains
+
+
+def _dense(node) -> bool:
+    ok = len(node.inputs) > 1 and isinstance(node.inputs[1], gs.Constant)
+    if node.op == "Gemm":
+        return ok and int(node.attrs.get("transB", 0)) == 1
+    return ok and int(node.attrs.get("group", 1)) == 1
+
+
+def _depthwise(node) -> bool:
+    return int(node.attrs.get("group", 1)) > 1 and node.inputs[1].values.shape[1] == 1
+
+
+def _prune(model, keeps) -> tuple[onnx.ModelProto, dict]:
+    """Cut each chain's channels to ``k``: the producer's outputs, per-channel params in
+    between, the depthwise conv, the consumer's inputs."""
+    graph = gs.import_onnx(model)
+    channels: dict[str, tuple[int, int]] = {}
+    for chain in _chains(graph):
+        _cut(chain, keeps[chain[0].name], channels)
+    io = {t.name for t in graph.inputs + graph.outputs}
+    for t in graph.tensors().values():
+        if not isinstance(t, gs.Constant) and t.name not in io:
+            t.shape = None  # re-inferred below with the pruned channel counts
+    pruned = gs.export_onnx(graph.cleanup().toposort())
+    pruned.ir_version = 10
+    return onnx.shape_inference.infer_shapes(pruned), channels
+
+
+def _cut(chain, k, channels) -> None:
+    prod, cons = chain[0], chain[-1]
+    w = prod.inputs[1]
+    w.values = w.values[:k]
+    for extra in prod.inputs[2:]:
+        extra.values = extra.values[:k]
+    cur = prod
+    while cur is not cons:
+        cur = cur.outputs[0].outputs[0]
+        if cur.op == "BatchNormalization":
+            for p in cur.inputs[1:]:
+                p.values = p.values[:k]
+        elif cur is not cons and cur.op == "Conv":
+            cur.inputs[1].values = cur.inputs[1].values[:k]
+            for extra in cur.inputs[2:]:
+                extra.values = extra.values[:k]
+            cur.attrs["group"] = k
+            channels[cur.name] = (k, k)
+    cons.inputs[1].values = cons.inputs[1].values[:, :k]
+    p_in = prod.inputs[1].values.shape[1]
+    channels[prod.name] = (channels.get(prod.name, (p_in, 0))[0], k)
+    c_out = cons.inputs[1].values.shape[0]
+    channels[cons.name] = (k, channels.get(cons.name, (0, c_out))[1])
+
+
+# -- output ----------------------------------------------------------------------------
+
+
+def markdown(results: dict) -> str:
+    """The summary table of one target."""
+    fp = results["fingerprint"]
+    lines = [f"### target `{results['target']}`: {fp.get('cpu')}, {fp.get('threads')} thread(s)",
+             "", "| network | families | points measured | vs full sweep | vs range sweep | "
+             "held-out MAPE (axis) | MAPE (2-D) | network MAPE (calibrated / raw) | profile time |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for net, r in results["networks"].items():
+        nw = r.get("network")
+        nwtxt = (f"{nw['calibrated']['mape']:.1%} / {nw['uncalibrated']['mape']:.1%}"
+                 if nw else "n/a")  # fmt: skip
+        lines.append(
+            f"| {net} @{r['image_size']} | {r['families']} | {r['points_distinct']} | "
+            f"{r['fraction_of_full_sweep']:.1%} | {r['fraction_of_range_sweep']:.1%} | "
+            f"{_pct(r['mape_axis'])} | {_pct(r['mape_2d'])} | {nwtxt} | "
+            f"{r['profile_seconds']:.0f} s |"
+        )
+    return "\n".join(lines)
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{v:.1%}"
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
+
+
+def _write(path: Path, results: dict) -> None:
+    path.write_text(json.dumps(results, indent=1, default=str), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    sys.exit(main())
