@@ -1,0 +1,66 @@
+"""From per-group channel counts to per-layer (in, out) channel counts.
+
+A layer's input and output are channel spaces; a space loses ``width`` positions for each
+channel removed from each group it belongs to (width 1 for a plain channel, H*W for a
+flattened one, g for a grouped conv's shared position). Planners change group counts;
+cost models answer per layer; this is the bridge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import onnx_graphsurgeon as gs
+
+from onnx_hwprune.passes.analysis.groups import ChannelGroups
+
+__all__ = ["LayerChannels", "ChannelMap"]
+
+_LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+@dataclass(frozen=True)
+class LayerChannels:
+    node: str
+    in_space: tuple[str, int]
+    out_space: tuple[str, int]
+
+
+class ChannelMap:
+    """Which groups each layer's input/output depends on, and by how much."""
+
+    def __init__(self, graph: gs.Graph, groups: ChannelGroups, nodes: Iterable[str]) -> None:
+        wanted = set(nodes)
+        self.layers = tuple(
+            LayerChannels(n.name, (n.inputs[0].name, 1), (n.outputs[0].name, 1))
+            for n in graph.nodes
+            if n.op in _LAYER_OPS and n.name in wanted
+        )
+        self.sizes = dict(groups.space_sizes)
+        tensors = graph.tensors()
+        for layer in self.layers:
+            for space in (layer.in_space, layer.out_space):
+                self.sizes.setdefault(space, int(tensors[space[0]].shape[space[1]]))
+        # space -> [(group name, positions per group channel)]
+        self.width: dict[tuple[str, int], list[tuple[str, int]]] = {}
+        for group in groups.prunable:
+            for key, member in group.spaces().items():
+                self.width.setdefault(key, []).append((group.name, len(member.index_map[0])))
+        self.layers_of_group: dict[str, list[LayerChannels]] = {}
+        for layer in self.layers:
+            for space in (layer.in_space, layer.out_space):
+                for name, _ in self.width.get(space, []):
+                    entry = self.layers_of_group.setdefault(name, [])
+                    if layer not in entry:
+                        entry.append(layer)
+
+    def space_size(self, space: tuple[str, int], removed: Mapping[str, int]) -> int:
+        full = self.sizes[space]
+        return full - sum(removed.get(name, 0) * width for name, width in self.width.get(space, []))
+
+    def layer_counts(self, layer: LayerChannels, removed: Mapping[str, int]) -> tuple[int, int]:
+        return self.space_size(layer.in_space, removed), self.space_size(layer.out_space, removed)
+
+    def all_counts(self, removed: Mapping[str, int]) -> dict[str, tuple[int, int]]:
+        return {layer.node: self.layer_counts(layer, removed) for layer in self.layers}

@@ -1,0 +1,208 @@
+"""Latency-aware planning: keep the most important channels under a latency budget.
+
+Method (why greedy): a layer's latency depends on its input *and* output counts, which
+belong to different groups, so the benefit of shrinking one group depends on its
+neighbours' current counts (LOCP's "two-stage benefit assessment" names the same
+interaction). A knapsack (HALP) prices each group alone and cannot see it. We use a
+NetAdapt-style greedy on the cost model instead: at each step every group proposes its
+next lower *stair edge*, priced with the neighbours as they are now; the step that loses
+the least importance per millisecond saved is taken; only the groups sharing a layer with
+the changed one are re-priced. Each step is exact on the predicted model, and the loop
+stops as soon as the prediction meets the budget.
+
+Stair edges of a group: the largest channel count at each latency level of the layers
+the group feeds and is fed by, i.e. the counts c where the group's cost is lower than at
+every larger count (by more than ``tolerance``). Pruning to any other count pays for
+channels without buying speed: that is the seeds' pathology.
+
+``snap`` is performance-aware rounding of any plan (uniform, global, a plan from
+elsewhere): each group moves up to the largest count that is not slower, giving back the
+channels that cost no latency. It never lowers a count and never raises the prediction.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnx_hwprune.passes.analysis.groups import ChannelGroups
+from onnx_hwprune.passes.plan._channels import ChannelMap, LayerChannels
+from onnx_hwprune.passes.plan.plan import GroupPlan, Plan
+
+__all__ = ["LayerCostModel", "LatencyPlanner", "Move"]
+
+log = logging.getLogger(__name__)
+
+
+class _Estimate(Protocol):
+    ms: float
+
+
+class LayerCostModel(Protocol):
+    """What planning needs from a cost model (``NetworkCostModel`` provides it)."""
+
+    residual_ms: float
+
+    def layer_latency(self, node: str, in_ch: int, out_ch: int) -> _Estimate: ...
+
+
+@dataclass(frozen=True, order=True)
+class Move:
+    """Shrink ``group`` to ``count``: lose ``importance``, save ``saved_ms``."""
+
+    price: float  # importance lost per ms saved: lower is better
+    group: str
+    count: int
+    importance: float
+    saved_ms: float
+
+
+class LatencyPlanner:
+    """Plans over the prunable groups of one graph with one cost model (see module doc).
+
+    Args:
+        layer_nodes: the layers the cost model knows (all Conv/Gemm it will be asked about).
+        tolerance: relative latency difference below which two counts are one level.
+    """
+
+    def __init__(
+        self,
+        graph: gs.Graph,
+        groups: ChannelGroups,
+        scores: Mapping[str, np.ndarray],
+        cost: LayerCostModel,
+        layer_nodes: list[str],
+        min_channels: int = 1,
+        tolerance: float = 0.01,
+    ) -> None:
+        self.cost, self.tolerance = cost, tolerance
+        self.map = ChannelMap(graph, groups, layer_nodes)
+        self.groups = {g.name: g for g in groups.prunable if g.name in self.map.layers_of_group}
+        self.floor = {n: min(g.size, max(1, min_channels)) for n, g in self.groups.items()}
+        self.order = {n: np.lexsort((np.arange(g.size), scores[n])) for n, g in self.groups.items()}
+        self.loss = {n: _normalised_prefix(scores[n], self.order[n]) for n in self.groups}
+
+    # -- the cost of counts -------------------------------------------------------------
+    def _layers_ms(self, layers: list[LayerChannels], removed: Mapping[str, int]) -> float:
+        return sum(
+            self.cost.layer_latency(layer.node, *self.map.layer_counts(layer, removed)).ms
+            for layer in layers
+        )
+
+    def predict(self, removed: Mapping[str, int]) -> float:
+        return self._layers_ms(list(self.map.layers), removed) + self.cost.residual_ms
+
+    def group_curve(self, name: str, removed: Mapping[str, int]) -> np.ndarray:
+        """Cost of the group's layers at every count 0..size (index = count)."""
+        group, layers = self.groups[name], self.map.layers_of_group[name]
+        curve = np.full(group.size + 1, np.inf)
+        for count in range(self.floor[name], group.size + 1):
+            curve[count] = self._layers_ms(layers, {**removed, name: group.size - count})
+        return curve
+
+    def stair_edges(self, name: str, removed: Mapping[str, int] | None = None) -> list[int]:
+        """Counts, descending, each strictly cheaper than every larger count."""
+        curve = self.group_curve(name, removed or {})
+        edges, best = [], np.inf
+        for count in range(len(curve) - 1, self.floor[name] - 1, -1):
+            if curve[count] < best - self.tolerance * min(best, curve[count]):
+                edges.append(count)
+                best = curve[count]
+        return edges
+
+    # -- planning to a budget ----------------------------------------------------------
+    def _best_move(self, name: str, counts: dict[str, int], edges: list[int]) -> Move | None:
+        removed = self._removed(counts)
+        current = self._layers_ms(self.map.layers_of_group[name], removed)
+        for count in (c for c in edges if c < counts[name]):
+            saved = current - self._layers_ms(
+                self.map.layers_of_group[name], {**removed, name: self.groups[name].size - count}
+            )
+            if saved > 0:
+                lost = (
+                    self.loss[name][self.groups[name].size - count]
+                    - self.loss[name][self.groups[name].size - counts[name]]
+                )
+                return Move(lost / saved, name, count, lost, saved)
+        return None
+
+    def _removed(self, counts: Mapping[str, int]) -> dict[str, int]:
+        return {n: self.groups[n].size - c for n, c in counts.items()}
+
+    def plan_to_budget(self, budget_ms: float) -> Plan:
+        counts = {n: g.size for n, g in self.groups.items()}
+        edges = {n: self.stair_edges(n) for n in self.groups}
+        heap = [m for n in self.groups if (m := self._best_move(n, counts, edges[n]))]
+        heapq.heapify(heap)
+        predicted = self.predict({})
+        while heap and predicted > budget_ms * (1 + 1e-9):
+            move = heapq.heappop(heap)
+            if counts[move.group] <= move.count:
+                continue  # stale: the group moved since this was priced
+            counts[move.group] = move.count
+            predicted = self.predict(self._removed(counts))
+            for n in self._neighbours(move.group):
+                heap = [m for m in heap if m.group != n]
+                if (m := self._best_move(n, counts, edges[n])) is not None:
+                    heap.append(m)
+            heapq.heapify(heap)
+        if predicted > budget_ms * (1 + 1e-9):
+            log.warning(
+                "budget %.3f ms not reachable: best predicted %.3f ms", budget_ms, predicted
+            )
+        return self._plan(counts, "latency", {"budget_ms": budget_ms, "predicted_ms": predicted})
+
+    def _neighbours(self, name: str) -> set[str]:
+        layers = self.map.layers_of_group[name]
+        spaces = {s for layer in layers for s in (layer.in_space, layer.out_space)}
+        return {g for s in spaces for g, _ in self.map.width.get(s, []) if g in self.groups}
+
+    def _plan(self, counts: Mapping[str, int], method: str, meta: dict) -> Plan:
+        plans = {
+            n: GroupPlan(
+                self.groups[n].size,
+                tuple(sorted(self.order[n][self.groups[n].size - c :].tolist())),
+            )
+            for n, c in counts.items()
+        }
+        return Plan(plans, method=method, meta=meta)
+
+    # -- snapping any plan -------------------------------------------------------------
+    def snap(self, plan: Plan, scores: Mapping[str, np.ndarray]) -> Plan:
+        """Give back every channel that costs no latency (see module doc)."""
+        keep = {n: set(gp.keep) for n, gp in plan.groups.items()}
+        for name in (n for n in self.groups if n in keep):
+            counts = {n: len(k) for n, k in keep.items() if n in self.groups}
+            curve = self.group_curve(name, self._removed(counts))
+            now = curve[counts[name]]
+            target = max(c for c in range(counts[name], len(curve)) if curve[c] <= now * (1 + 1e-9))
+            back = [i for i in np.argsort(-scores[name], kind="stable") if i not in keep[name]]
+            keep[name].update(int(i) for i in back[: target - counts[name]])
+        plans = {n: GroupPlan(plan.groups[n].size, tuple(sorted(k))) for n, k in keep.items()}
+        meta = {
+            **plan.meta,
+            "snapped": True,
+            "predicted_ms": self.predict(
+                self._removed({n: len(k) for n, k in keep.items() if n in self.groups})
+            ),
+        }
+        return Plan(
+            plans,
+            method=f"{plan.method}+snap" if plan.method else "snap",
+            criterion=plan.criterion,
+            meta=meta,
+        )
+
+
+def _normalised_prefix(scores: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """``loss[k]``: importance lost by removing the k weakest channels, normalised by the
+    group's mean so groups of different layers are comparable (as in ``global``)."""
+    s = np.asarray(scores, dtype=np.float64)
+    mean = s.mean() if s.size and s.mean() > 0 else 1.0
+    return np.concatenate([[0.0], np.cumsum(s[order] / mean)])
