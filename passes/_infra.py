@@ -71,6 +71,7 @@ CONFIG_KEYS: Mapping[str, ConfigKey] = {
         float, 0.9, "global ranking removes at most this share of a group"
     ),
     "verify.each_pass": ConfigKey(bool, False, "run the model verifier after every pass (debug)"),
+    "plan.stair_tolerance": ConfigKey(float, 0.01, "latency levels closer than this share a stair"),
 }
 
 
@@ -88,6 +89,7 @@ class PassContext:
     seed: int = 0
     config: Mapping[str, Any] = field(default_factory=dict)
     instruments: Sequence[PassInstrument] = ()
+    cost_model: Any = None  # the target's cost model (cost_models.NetworkCostModel), if any
 
     _current: ClassVar[contextvars.ContextVar[PassContext | None]] = contextvars.ContextVar(
         "onnx_hwprune_pass_context", default=None

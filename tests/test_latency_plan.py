@@ -135,3 +135,19 @@ def test_snap_never_slower_never_below_the_request(vgg, ratio):
         assert set(gp.keep) <= set(snapped.groups[name].keep)
         # moved up to the top of its stair
         assert len(snapped.groups[name].keep) in _expected_edges(planner.groups[name])
+
+
+@pytest.mark.parametrize("name", ["mobilenetv2", "resnext", "densenet", "vgg"])
+def test_analytic_macs_match_the_rewritten_graph(name):
+    from onnx_hwprune.passes.analysis.stats import model_stats
+    from onnx_hwprune.passes.transform.remove_channels import remove_channels
+
+    graph = load_graph(FAMILIES[name]())
+    groups = analyze_channel_groups(graph)
+    scores = channel_importance(graph, groups, "l1")
+    layers = [n.name for n in graph.nodes if n.op in ("Conv", "Gemm", "MatMul", "ConvTranspose")]
+    planner = LatencyPlanner(graph, groups, scores, StairCost({}, {}), layers)
+    plan = uniform_plan(groups, scores, 0.4)
+    removed = {n: gp.size - len(gp.keep) for n, gp in plan.groups.items()}
+    assert planner.map.macs(removed) == model_stats(remove_channels(graph, groups, plan)).macs
+    assert planner.map.macs({}) == model_stats(graph).macs

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import onnx_graphsurgeon as gs
 
 from onnx_hwprune.passes.analysis.groups import ChannelGroups
+from onnx_hwprune.passes.analysis.stats import model_stats
 
 __all__ = ["LayerChannels", "ChannelMap"]
 
@@ -22,9 +23,17 @@ _LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 @dataclass(frozen=True)
 class LayerChannels:
+    """A layer's input and output channel spaces, and how its MACs scale with them.
+
+    ``macs`` at full size; a dense or grouped layer (groups kept) scales with in * out, a
+    depthwise one (whose group count follows its channels) with out alone.
+    """
+
     node: str
     in_space: tuple[str, int]
     out_space: tuple[str, int]
+    macs: int = 0
+    depthwise: bool = False
 
 
 class ChannelMap:
@@ -32,8 +41,15 @@ class ChannelMap:
 
     def __init__(self, graph: gs.Graph, groups: ChannelGroups, nodes: Iterable[str]) -> None:
         wanted = set(nodes)
+        macs = {layer.node: layer.macs or 0 for layer in model_stats(graph).layers}
         self.layers = tuple(
-            LayerChannels(n.name, (n.inputs[0].name, 1), (n.outputs[0].name, 1))
+            LayerChannels(
+                n.name,
+                (n.inputs[0].name, 1),
+                (n.outputs[0].name, 1),
+                macs.get(n.name, 0),
+                n.op == "Conv" and int(n.attrs.get("group", 1)) == _channels_of(n.inputs[0]) != 1,
+            )
             for n in graph.nodes
             if n.op in _LAYER_OPS and n.name in wanted
         )
@@ -64,3 +80,19 @@ class ChannelMap:
 
     def all_counts(self, removed: Mapping[str, int]) -> dict[str, tuple[int, int]]:
         return {layer.node: self.layer_counts(layer, removed) for layer in self.layers}
+
+    def macs(self, removed: Mapping[str, int]) -> int:
+        """MACs of the mapped layers after removing ``removed[group]`` channels per group."""
+        total = 0.0
+        for layer in self.layers:
+            in_ch, out_ch = self.layer_counts(layer, removed)
+            scale = out_ch / self.sizes[layer.out_space]
+            if not layer.depthwise:
+                scale *= in_ch / self.sizes[layer.in_space]
+            total += layer.macs * scale
+        return round(total)
+
+
+def _channels_of(tensor: gs.Tensor) -> int | None:
+    shape = tensor.shape
+    return shape[1] if shape is not None and len(shape) > 1 and isinstance(shape[1], int) else None

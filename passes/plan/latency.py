@@ -31,11 +31,13 @@ from typing import Protocol
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnx_hwprune.passes._infra import Module, Pass, PassContext, PassError
 from onnx_hwprune.passes.analysis.groups import ChannelGroups
 from onnx_hwprune.passes.plan._channels import ChannelMap, LayerChannels
+from onnx_hwprune.passes.plan.budget import LatencyBudget
 from onnx_hwprune.passes.plan.plan import GroupPlan, Plan
 
-__all__ = ["LayerCostModel", "LatencyPlanner", "Move"]
+__all__ = ["LayerCostModel", "LatencyPlanner", "LatencyPlannerPass", "Move", "SnapPass"]
 
 log = logging.getLogger(__name__)
 
@@ -206,3 +208,47 @@ def _normalised_prefix(scores: np.ndarray, order: np.ndarray) -> np.ndarray:
     s = np.asarray(scores, dtype=np.float64)
     mean = s.mean() if s.size and s.mean() > 0 else 1.0
     return np.concatenate([[0.0], np.cumsum(s[order] / mean)])
+
+
+def _planner(mod: Module, ctx: PassContext) -> LatencyPlanner:
+    cost = ctx.cost_model
+    if cost is None:
+        raise PassError("latency planning needs PassContext(cost_model=...) for the target")
+    nodes = [entry.node for entry in cost.layers]
+    return LatencyPlanner(
+        mod.graph, mod.groups, mod.scores, cost, nodes,
+        ctx.get("plan.min_channels"), ctx.get("plan.stair_tolerance"),
+    )  # fmt: skip
+
+
+class LatencyPlannerPass(Pass):
+    """Planning pass: most importance kept under ``budget`` on the context's cost model."""
+
+    name = "LatencyPlanner"
+
+    def __init__(self, budget: LatencyBudget) -> None:
+        self.budget = budget
+
+    def requires(self, mod: Module) -> None:
+        if mod.groups is None or mod.scores is None:
+            raise PassError(f"{self.name} needs ChannelGroupAnalysis and ChannelImportance first")
+
+    def run(self, mod: Module, ctx: PassContext) -> Module:
+        planner = _planner(mod, ctx)
+        full = planner.predict({})
+        plan = planner.plan_to_budget(self.budget.resolve(full))
+        meta = {**plan.meta, "budget": str(self.budget), "full_ms": full}
+        return mod.replace(plan=Plan(plan.groups, "latency", plan.criterion, meta))
+
+
+class SnapPass(Pass):
+    """Rounding pass: move the module's plan to stair edges that are not slower."""
+
+    name = "Snap"
+
+    def requires(self, mod: Module) -> None:
+        if mod.plan is None or mod.scores is None:
+            raise PassError(f"{self.name} needs a plan and channel scores first")
+
+    def run(self, mod: Module, ctx: PassContext) -> Module:
+        return mod.replace(plan=_planner(mod, ctx).snap(mod.plan, mod.scores))
