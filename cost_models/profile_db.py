@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from onnx_hwprune.cost_models.signature import LayerSignature
-
 from onnx_hwprune.errors import UserError
 
 __all__ = [

@@ -1,25 +1,34 @@
-"""The one-call API: ``onnx_hwprune.prune(model, ratio=0.3)``.
+"""The one-call API: ``onnx_hwprune.prune(model, ...)``.
 
-It is a thin composition of the passes (frontend -> analysis -> importance -> plan ->
-removal -> export and verify); use the passes directly for anything else.
+A thin composition of the passes and the runtime steps:
+
+    load + analyse -> [cost model: profile what the DB lacks] -> scores (weights or data)
+    -> plan (uniform | global | latency | a given plan) -> [snap] -> remove channels
+    -> export -> [recover on calibration data] -> verify -> report
+    (predicted latency with provenance, measured latency, accuracy)
+
+Use the passes directly for anything else.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import onnx
 
+from onnx_hwprune import _data, _latency
 from onnx_hwprune.frontends.onnx import ModelSource, export_model, load_graph, verify_model
+from onnx_hwprune.options import PruneOptions
 from onnx_hwprune.passes._infra import Module, Pass, PassContext, Sequential
 from onnx_hwprune.passes.analysis.channel_groups import ChannelGroupAnalysis
+from onnx_hwprune.passes.analysis.data_importance import DATA_CRITERIA
 from onnx_hwprune.passes.analysis.importance import ChannelImportance
 from onnx_hwprune.passes.analysis.stats import model_stats
 from onnx_hwprune.passes.plan.baselines import PLANNERS
-from onnx_hwprune.passes.plan.plan import Plan
+from onnx_hwprune.passes.plan.latency import LatencyPlannerPass, SnapPass
 from onnx_hwprune.passes.transform.remove_channels import RemoveChannels, UsePlan
 from onnx_hwprune.report import build_report
 
@@ -33,50 +42,93 @@ class PruneResult:
     """``model`` is None when nothing could be pruned (``reason`` says why)."""
 
     model: onnx.ModelProto | None
-    plan: Plan | None
+    plan: Any
     report: dict[str, Any]
     reason: str = ""
 
 
-def planning_passes(
-    method: str, ratio: float, criterion: str, plan: Plan | None = None
-) -> list[Pass]:
-    """The passes between analysis and removal for the baseline methods."""
-    if plan is not None:
-        return [UsePlan(plan)]
-    if method not in PLANNERS:
+def planning_passes(opts: PruneOptions) -> list[Pass]:
+    """The passes from channel scores to a plan, for the resolved method."""
+    method = opts.resolved_method()
+    if method == "plan":
+        passes: list[Pass] = [UsePlan(opts.plan)]
+    elif method == "latency":
+        passes = [LatencyPlannerPass(opts.effective_budget)]
+    elif method in PLANNERS:
+        passes = [PLANNERS[method](opts.effective_ratio)]
+    else:
         raise ValueError(f"unknown method {method!r}")
-    return [ChannelImportance(criterion), PLANNERS[method](ratio)]
+    return passes + ([SnapPass()] if opts.snap else [])
 
 
 def prune(
     model: ModelSource,
+    options: PruneOptions | None = None,
     *,
-    ratio: float = 0.3,
-    method: str = "uniform",
-    criterion: str = "l1",
-    plan: Plan | None = None,
-    input_shapes: Mapping[str, Sequence[int]] | None = None,
     ctx: PassContext | None = None,
+    progress: Callable | None = None,
+    **option_values: Any,
 ) -> PruneResult:
     """Prune ``model`` (a path, bytes or ModelProto; never modified) and verify the result.
 
+    Options come as a :class:`PruneOptions` or as its fields by keyword
+    (``prune(m, ratio=0.3, method="global")``).
+
     Raises:
-        UserError: the model or an option is unusable.
+        UserError: the model, the data or an option is unusable.
     """
+    opts = replace(options or PruneOptions(), **option_values)
+    opts.validate()
     ctx = ctx or PassContext.current()
-    mod = ChannelGroupAnalysis()(Module(load_graph(model, input_shapes)), ctx)
-    options = {"method": plan.method if plan else method, "ratio": ratio, "criterion": criterion}
+    mod = ChannelGroupAnalysis()(Module(load_graph(model, opts.input_shapes)), ctx)
     if not mod.groups.prunable:
         reason = "no prunable channel group: " + _frozen_summary(mod)
-        return PruneResult(None, None, {"options": options, "reason": reason}, reason)
-    before = model_stats(mod.graph)
-    planned = Sequential(planning_passes(method, ratio, criterion, plan), "plan")(mod, ctx)
-    pruned = RemoveChannels()(planned, ctx)
-    out = export_model(pruned.graph)
+        return PruneResult(None, None, {"options": opts.to_json(), "reason": reason}, reason)
+    source = export_model(mod.graph)  # the names every later step refers to
+    factory = _data.calibration(opts, source)
+    cost = backend = None
+    if opts.needs_cost_model():
+        cost, backend = _latency.cost_model(opts, source, progress)
+        ctx = replace(ctx, cost_model=cost)
+    planned = _plan(opts, mod, source, factory, ctx)
+    pruned_mod = RemoveChannels()(planned, ctx)
+    out = export_model(pruned_mod.graph)
+    if opts.recover:
+        out = _data.recover_model(opts, source, out, mod.groups, planned.plan, factory)
     verify_model(out)
-    report = build_report(mod.groups, planned.plan, before, model_stats(pruned.graph), options)
+    report = build_report(
+        mod.groups,
+        planned.plan,
+        model_stats(mod.graph),
+        model_stats(pruned_mod.graph),
+        opts.to_json(),
+    )
+    _add_sections(report, opts, cost, backend, mod, planned.plan, source, out)
     return PruneResult(out, planned.plan, report)
+
+
+def _plan(
+    opts: PruneOptions, mod: Module, source: onnx.ModelProto, factory, ctx: PassContext
+) -> Module:
+    if opts.resolved_method() != "plan" or opts.snap:
+        if opts.criterion in DATA_CRITERIA:
+            mod = mod.replace(scores=_data.data_scores(opts, source, mod.groups, factory))
+        else:
+            mod = ChannelImportance(opts.criterion)(mod, ctx)
+    return Sequential(planning_passes(opts), "plan")(mod, ctx)
+
+
+def _add_sections(report, opts, cost, backend, mod, plan, source, out) -> None:
+    if cost is not None:
+        report["latency"] = {
+            "predicted": _latency.predicted_section(cost, mod.graph, mod.groups, plan)
+        }
+        if opts.measure:
+            report["latency"]["measured"] = _latency.measured_section(
+                backend, {"original": source, "pruned": out}
+            )
+    if opts.eval_data is not None:
+        report["accuracy"] = _data.accuracy_section(opts, source, out)
 
 
 def _frozen_summary(mod: Module) -> str:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
 from onnx_hwprune.cost_models.profile_db import Measurement, ProfileDB
 from onnx_hwprune.cost_models.signature import LayerSignature
 from onnx_hwprune.runtime.backend import Backend
@@ -140,18 +141,25 @@ def measure_points(
     db: ProfileDB | None = None,
     config: TimingConfig | None = None,
     on_measured: Callable[[int], None] | None = None,
+    anchor: tuple[tuple[int, int], float] | None = None,
 ) -> dict[tuple[int, int], Measurement]:
     """Measurements of ``sig`` at ``points`` on ``backend``; cached ones come from ``db``.
 
     The points not yet in the database are prepared, then timed together (interleaved)
     and stored. ``on_measured(n)`` is called with the number newly measured (progress).
+
+    ``anchor=((in, out), ms)`` re-times a reference point inside every interleaved group
+    and rescales the group by ``ms / anchor_now``. On a shared machine the load changes
+    between groups (the same layer was seen 2x slower ten minutes later); ratios to a
+    reference timed at the same moment do not, so all points of a signature stay on the
+    reference's footing. The anchor's own time is not stored.
     """
     points = sorted(set(points))
     fp_hash = backend.fingerprint_hash()
     found = db.get_many(target, fp_hash, sig, points) if db else {}
     todo = [p for p in points if p not in found]
     if todo:
-        found.update(_time_points(backend, sig, todo, config or TimingConfig()))
+        found.update(_time_points(backend, sig, todo, config or TimingConfig(), anchor))
         if db:
             db.put_many(target, backend.fingerprint(), sig, {p: found[p] for p in todo})
         if on_measured:
@@ -159,18 +167,22 @@ def measure_points(
     return {p: found[p] for p in points}
 
 
-def _time_points(backend, sig, points, config) -> dict[tuple[int, int], Measurement]:
+def _time_points(backend, sig, points, config, anchor) -> dict[tuple[int, int], Measurement]:
     out = {}
     for chunk in _chunks(sig, points):
-        runnables = {p: backend.prepare(build_layer_model(sig, *p)) for p in chunk}
+        use_anchor = anchor is not None and anchor[0] not in chunk
+        keys = [*chunk, anchor[0]] if use_anchor else chunk
+        runnables = {p: backend.prepare(build_layer_model(sig, *p)) for p in keys}
         try:
             timings = measure({p: r.sample for p, r in runnables.items()}, config)
         finally:
             for r in runnables.values():
                 r.close()
+        scale = anchor[1] / timings[anchor[0]].median_ms if use_anchor else 1.0
         out.update(
-            (p, Measurement(t.median_ms, t.spread, len(t.samples_ms), t.number))
+            (p, Measurement(t.median_ms * scale, t.spread, len(t.samples_ms), t.number))
             for p, t in timings.items()
+            if p in chunk
         )
     return out
 

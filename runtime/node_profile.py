@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import onnx
 import onnxruntime as ort
+
 from onnx_hwprune.runtime.ort_cpu import random_feeds, session_options
 
 __all__ = ["InContextProfile", "attribute_to_layers", "profile_nodes"]

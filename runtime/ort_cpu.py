@@ -14,6 +14,7 @@ import platform
 import numpy as np
 import onnx
 import onnxruntime as ort
+
 from onnx_hwprune.runtime.backend import Backend, Runnable, cpu_info, physical_cores
 from onnx_hwprune.runtime.backend import register_backend as _register
 

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import onnx
+
 from onnx_hwprune.cost_models.network import LayerEntry, NetworkCostModel
 from onnx_hwprune.cost_models.profile_db import ProfileDB
 from onnx_hwprune.cost_models.signature import Layer, LayerSignature, extract_layers
@@ -36,11 +37,10 @@ from onnx_hwprune.cost_models.staircase import (
     detect_axis,
     exhaustive_axis,
 )
+from onnx_hwprune.errors import UserError
 from onnx_hwprune.runtime.backend import Backend
 from onnx_hwprune.runtime.microbench import measure_points
 from onnx_hwprune.runtime.timing import TimingConfig, measure
-
-from onnx_hwprune.errors import UserError
 
 __all__ = [
     "BudgetExceeded",
@@ -64,17 +64,20 @@ class BudgetExceeded(Exception):
 
 @dataclass(frozen=True)
 class ProfileOptions:
-    """How to profile: search knobs, timing protocol, exhaustive sweep, time budget."""
+    """How to profile: search knobs, timing protocol, exhaustive sweep, time budget, and
+    whether every group re-times the layer's full point as an anchor against drift."""
 
     search: SearchConfig = field(default_factory=SearchConfig)
     timing: TimingConfig = field(default_factory=TimingConfig)
     exhaustive: bool = False
     time_budget_s: float | None = None
+    anchor: bool = True
 
 
 def load_model_and_layers(source) -> tuple[onnx.ModelProto, list[Layer]]:
     """Normalised model and its prunable layers (via the ONNX frontend)."""
     import onnx_graphsurgeon as gs
+
     from onnx_hwprune.frontends.onnx import normalize_model
 
     model = normalize_model(source)
@@ -133,14 +136,18 @@ def _profile_one(layer, axes, backend, target, db, options, progress, deadline):
     sig, fi, fo = layer.signature, layer.in_channels, layer.out_channels
     per_ch = _per_ch(sig)
 
+    anchor: list = []  # set once the full point is known: every later group is rescaled
+
     def measure_pairs(pairs: list[tuple[int, int]]) -> dict:
         if deadline is not None and time.monotonic() > deadline:
             raise BudgetExceeded(f"time budget reached while profiling {layer.node}")
         return measure_points(
-            backend, target, sig, pairs, db=db, config=options.timing, on_measured=progress
-        )
+            backend, target, sig, pairs, db=db, config=options.timing, on_measured=progress,
+            anchor=anchor[0] if anchor and options.anchor else None,
+        )  # fmt: skip
 
     full = measure_pairs([(fi, fo)])[(fi, fo)]
+    anchor.append(((fi, fo), full.median_ms))
     profiles = []
     for axis in axes:
         fn = _axis_measure(axis, fi, fo, per_ch, measure_pairs)
@@ -150,7 +157,11 @@ def _profile_one(layer, axes, backend, target, db, options, progress, deadline):
         else:
             profiles.append((axis, detect_axis(fn, n_full, options.search)))
     kind = "dense" if sig.group_kind == "dense" else "tied"
-    return StaircaseModel(sig.key(), kind, fi, fo, full.median_ms, tuple(profiles), per_ch)
+    model = StaircaseModel(sig.key(), kind, fi, fo, full.median_ms, tuple(profiles), per_ch)
+    diag = None if options.exhaustive else model.diagonal_probe()
+    if diag is None:
+        return model
+    return model.with_blend(*diag, measure_pairs([diag])[diag].median_ms)
 
 
 def _per_ch(sig: LayerSignature) -> tuple[int, int]:

@@ -15,9 +15,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from onnx_hwprune.runtime.backend import Backend
-
 from onnx_hwprune.errors import UserError
+from onnx_hwprune.runtime.backend import Backend
 
 __all__ = ["TARGETS", "Target", "get_target", "target_names"]
 

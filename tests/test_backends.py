@@ -11,17 +11,17 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+
+from onnx_hwprune.cli_commands import profile as profile_verb
 from onnx_hwprune.cost_models.profile_db import ProfileDB
 from onnx_hwprune.cost_models.signature import LayerSignature
+from onnx_hwprune.errors import UserError
 from onnx_hwprune.runtime.backend import Backend, cpu_info, physical_cores, register_backend
 from onnx_hwprune.runtime.microbench import build_layer_model, measure_points
 from onnx_hwprune.runtime.node_profile import attribute_to_layers
 from onnx_hwprune.runtime.ort_cpu import OrtCpuBackend
 from onnx_hwprune.runtime.targets import get_target, target_names
 from onnx_hwprune.runtime.timing import TimingConfig
-
-from onnx_hwprune.cli_commands import profile as profile_verb
-from onnx_hwprune.errors import UserError
 
 FAST = TimingConfig(warmup_s=0.005, min_repeat_s=0.002, rounds=3, max_remeasure=0)
 CONV = dict(kernel=(3, 3), strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), input_hw=(8, 8))

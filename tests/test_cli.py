@@ -149,10 +149,12 @@ def test_dynamic_channel_dimension_is_refused_with_a_fix(tmp_path):
     model.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "C"
     path = tmp_path / "dyn.onnx"
     onnx.save(model, path)
-    proc = cli(str(path), str(tmp_path / "out.onnx"))
+    proc = cli(str(path), str(tmp_path / "out.onnx"), "--ratio", "0.3")
     assert_bad_input(proc, "dynamic channel dimension")
     assert "--input-shape" in proc.stderr
-    fixed = cli(str(path), str(tmp_path / "out.onnx"), "--input-shape", "input:1,3,32,32")
+    fixed = cli(
+        str(path), str(tmp_path / "out.onnx"), "--ratio", "0.3", "--input-shape", "input:1,3,32,32"
+    )
     assert fixed.returncode == 0, fixed.stderr
 
 

@@ -7,6 +7,7 @@ import onnx
 import onnx_graphsurgeon as gs
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+
 from onnx_hwprune.cost_models.network import LayerEntry, NetworkCostModel, prediction_report
 from onnx_hwprune.cost_models.signature import LayerSignature, extract_layers
 from onnx_hwprune.cost_models.staircase import AxisProfile, StaircaseModel

@@ -8,6 +8,8 @@ import multiprocessing
 import sqlite3
 
 import pytest
+
+from onnx_hwprune.cli_commands import profile as profile_verb
 from onnx_hwprune.cost_models.profile_db import (
     SCHEMA_VERSION,
     Measurement,
@@ -15,8 +17,6 @@ from onnx_hwprune.cost_models.profile_db import (
     fingerprint_hash,
 )
 from onnx_hwprune.cost_models.signature import LayerSignature
-
-from onnx_hwprune.cli_commands import profile as profile_verb
 from onnx_hwprune.errors import UserError
 
 SIG = LayerSignature(op="Conv", kernel=(3, 3), strides=(1, 1), pads=(1, 1, 1, 1),

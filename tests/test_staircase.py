@@ -6,6 +6,7 @@ import math
 import random
 
 import pytest
+
 from onnx_hwprune.cost_models.staircase import (
     AxisProfile,
     SearchConfig,
@@ -50,7 +51,10 @@ def test_in_channel_cliffs_set_the_alignment():
     prof = detect_axis(measure, 64)
     assert prof.align == 4
     assert prof.latency(63).ms == pytest.approx(true(63), rel=0.05)
-    assert prof.latency(61).provenance == "estimated"
+    measured = {c for c, _, _ in prof.points}
+    odd = next(c for c in range(63, 16, -2) if c not in measured)
+    assert prof.latency(odd).provenance == "estimated"
+    assert prof.latency(odd).ms == pytest.approx(true(odd), rel=0.08)
     assert all(c % 4 == 0 for c, _ in prof.stair_edges())
 
 
@@ -103,7 +107,12 @@ def test_layer_model_combines_axes():
     both = model.latency(32, 32)
     assert both.provenance == "estimated"
     expected = model.axis("out").latency(32).ms * model.axis("in").latency(32).ms
-    assert both.ms == pytest.approx(expected / model.full_ms)
+    assert both.ms == pytest.approx(expected / model.full_ms)  # blend 1: the product
+    additive = model.axis("out").latency(32).ms + model.axis("in").latency(32).ms
+    fitted = model.with_blend(32, 32, additive - model.full_ms)
+    assert fitted.blend == pytest.approx(0.0, abs=1e-9)
+    assert fitted.latency(32, 32).ms == pytest.approx(additive - model.full_ms)
+    assert model.diagonal_probe() == (36, 38)
     assert [c for c, _ in model.stair_edges("out")] == [64, 48, 32, 16]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+
 from onnx_hwprune.runtime.timing import TimingConfig, clock_sampler, measure
 
 

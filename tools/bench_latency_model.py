@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+
 from onnx_hwprune.cost_models.network import LayerEntry, NetworkCostModel, prediction_report
 from onnx_hwprune.cost_models.profile_db import ProfileDB
 from onnx_hwprune.cost_models.signature import extract_layers
@@ -133,6 +134,8 @@ def _family_row(layer, model, backend, target, args, rng) -> dict:
     """Exhaustive-sweep size and held-out errors of one family."""
     sig = layer.signature
     measured = {(name, c) for name, prof in model.axes for c, _, _ in prof.points}
+    if model.diagonal_probe() is not None:
+        measured.add(("diag", 0))  # the off-axis point that fits the blend
     pairs, preds = [], []
     full_axis, range_axis = 0, 0
     for name, prof in model.axes:
@@ -149,16 +152,22 @@ def _family_row(layer, model, backend, target, args, rng) -> dict:
                     rng.randint(model.axis("out").lo, layer.out_channels - 1))  # fmt: skip
             pairs.append(pair)
             preds.append(("2d", pair, model.latency(*pair)))
-    truth = measure_points(backend, target, sig, pairs, db=None) if pairs else {}
-    errs = [{"kind": k, "in": p[0], "out": p[1], "pred": e.ms, "meas": truth[p].median_ms,
-             "provenance": e.provenance, "ape": abs(e.ms - truth[p].median_ms) / truth[p].median_ms}
-            for k, p, e in preds]  # fmt: skip
+    # Held-out truth is anchored like the profile, so both sit on the same footing.
+    anchor = ((layer.in_channels, layer.out_channels), model.full_ms)
+    truth = measure_points(backend, target, sig, pairs, anchor=anchor) if pairs else {}
+    errs = [_holdout_row(k, p, e, truth[p].median_ms) for k, p, e in preds]
     return {"node": layer.node, "signature": sig.describe(), "in": layer.in_channels,
             "out": layer.out_channels, "axes": [n for n, _ in model.axes],
             "points": len(measured), "exhaustive_full": full_axis,
             "exhaustive_range": range_axis, "holdout": errs,
             "align": {n: p.align for n, p in model.axes},
-            "edges": {n: [c for c, _ in model.stair_edges(n)][:8] for n, _ in model.axes}}  # fmt: skip
+            "edges": {n: [c for c, _ in model.stair_edges(n)][:8] for n, _ in model.axes},
+            }  # fmt: skip
+
+
+def _holdout_row(kind, pair, est, meas) -> dict:
+    return {"kind": kind, "in": pair[0], "out": pair[1], "pred": est.ms, "meas": meas,
+            "provenance": est.provenance, "ape": abs(est.ms - meas) / meas}  # fmt: skip
 
 
 def _pair(axis, c, layer, model):
@@ -202,22 +211,21 @@ def _bench_whole(model, layers, models, backend, target, args, rng) -> dict:
         model, backend, layers, models, total_ms=timings["full"].median_ms
     )
     entries = tuple(
-        LayerEntry(
-            l.node,
-            l.in_channels,
-            l.out_channels,
-            models[key[l.node]],  # noqa: E741
-            scales[l.node],
-        )
-        for l in layers
-    )  # noqa: E741
+        LayerEntry(x.node, x.in_channels, x.out_channels, models[key[x.node]], scales[x.node])
+        for x in layers
+    )
     cost = NetworkCostModel(target, backend.fingerprint_hash(), entries, residual, total)
-    raw = NetworkCostModel(target, "", tuple(LayerEntry(e.node, e.in_channels, e.out_channels,
-                           e.model) for e in entries), total - sum(e.model.full_ms for e in entries))  # fmt: skip
+    unscaled = tuple(LayerEntry(e.node, e.in_channels, e.out_channels, e.model) for e in entries)
+    raw_residual = total - sum(e.model.full_ms for e in entries)
+    raw = NetworkCostModel(target, "", unscaled, raw_residual, total)
     cases = [(n, cost.predict(ch), timings[n].median_ms) for n, (_, ch) in variants.items()]
     raw_cases = [(n, raw.predict(ch), timings[n].median_ms) for n, (_, ch) in variants.items()]
-    return {"measured_full_ms": total, "residual_ms": residual,
-            "calibrated": prediction_report(cases), "uncalibrated": prediction_report(raw_cases)}  # fmt: skip
+    return {
+        "measured_full_ms": total,
+        "residual_ms": residual,
+        "calibrated": prediction_report(cases),
+        "uncalibrated": prediction_report(raw_cases),
+    }
 
 
 def _variants(model, count, rng) -> dict:

@@ -7,6 +7,7 @@ from onnx_hwprune.frontends.onnx._graph import (
     load_graph,
     normalize_model,
     verify_model,
+    with_static_inputs,
 )
 from onnx_hwprune.frontends.onnx._io import (
     ModelSource,
@@ -29,5 +30,6 @@ __all__ = [
     "read_model",
     "serialize",
     "verify_model",
+    "with_static_inputs",
     "write_bytes_atomic",
 ]

@@ -82,8 +82,25 @@ def load_graph(
     with _quiet_graphsurgeon():
         graph = gs.import_onnx(model)
     graph.toposort()
+    _name_nodes(graph)
     _reject_dynamic_channels(graph)
     return graph
+
+
+def _name_nodes(graph: gs.Graph) -> None:
+    """Unique names for every node: reports, profiles and plans refer to nodes by name,
+    and many exporters leave names empty or repeat them."""
+    taken = {node.name for node in graph.nodes if node.name}
+    seen: set[str] = set()
+    for index, node in enumerate(graph.nodes):
+        if not node.name or node.name in seen:
+            name, k = f"{node.op}_{index}", 0
+            while name in taken:
+                k += 1
+                name = f"{node.op}_{index}_{k}"
+            node.name = name
+            taken.add(name)
+        seen.add(node.name)
 
 
 def _check(model: onnx.ModelProto) -> None:
@@ -236,3 +253,28 @@ def verify_model(model: onnx.ModelProto) -> None:
         )
     except (onnx.checker.ValidationError, shape_inference.InferenceError) as exc:
         raise RuntimeError(f"pruned model is invalid: {exc}") from exc
+
+
+def with_static_inputs(model: onnx.ModelProto, batch: int = 1) -> onnx.ModelProto:
+    """A copy whose inputs have concrete shapes: a symbolic batch becomes ``batch``.
+
+    Latency is measured at a concrete shape; any other symbolic dimension (spatial size of
+    a detector) must be fixed by the user, since guessing it would measure the wrong layers.
+    """
+    shapes = {}
+    for value in model.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        concrete = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+        if concrete[1:] and None in concrete[1:]:
+            raise UserError(
+                f"input {value.name!r} has symbolic dimensions {[d.dim_param for d in dims]}; "
+                f"latency needs concrete ones: --input-shape {value.name}:1,C,H,W"
+            )
+        if concrete and concrete[0] is None:
+            concrete[0] = batch
+        shapes[value.name] = concrete
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    _set_input_shapes(copy, shapes)
+    del copy.graph.value_info[:]
+    return _infer(copy)

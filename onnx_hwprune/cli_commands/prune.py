@@ -1,4 +1,9 @@
-"""``onnx-hwprune IN OUT``: prune a model and write it, with a report."""
+"""``onnx-hwprune IN OUT``: prune a model for a target and write it, with a report.
+
+Default: ``--method latency`` on ``--target cpu`` with a budget of 0.7 of the original's
+latency, profiling the layers the profile database lacks. ``--ratio`` switches to the
+hardware-blind ``uniform`` planner.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from pathlib import Path
 from onnx_hwprune.errors import UserError
 
 NAME = "prune"
-HELP = "prune channels of IN and write the smaller model to OUT (the main job)"
+HELP = "prune channels of IN for a target and write the smaller model to OUT (the main job)"
 
 
 def _ratio(text: str) -> float:
@@ -22,34 +27,107 @@ def _ratio(text: str) -> float:
     return value
 
 
+def _budget(text: str):
+    from onnx_hwprune.passes.plan.budget import LatencyBudget
+
+    return LatencyBudget.parse(text)
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) <= 0:
+        raise UserError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from onnx_hwprune.options import DEFAULT_BUDGET, DEFAULT_RATIO, DEFAULT_TARGET
+    from onnx_hwprune.passes.analysis.data_importance import DATA_CRITERIA
     from onnx_hwprune.passes.analysis.importance import CRITERIA
     from onnx_hwprune.passes.plan.baselines import PLANNERS
+    from onnx_hwprune.runtime.recovery import RECOVERY_METHODS
+    from onnx_hwprune.runtime.targets import target_names
 
     parser.add_argument("input", metavar="IN", help="ONNX model to prune (never modified)")
     parser.add_argument("output", metavar="OUT", help="where to write the pruned model")
-    parser.add_argument(
-        "--ratio", type=_ratio, default=0.3, help="share of channels to remove, [0,1) (default 0.3)"
+    how = parser.add_argument_group("what to prune")
+    how.add_argument(
+        "--method",
+        choices=sorted([*PLANNERS, "latency"]),
+        help="latency (default): most importance kept under --latency-budget on the target; "
+        "uniform/global: hardware-blind baselines driven by --ratio",
     )
-    parser.add_argument(
-        "--method", choices=sorted(PLANNERS), default="uniform", help="how to spread the pruning"
+    how.add_argument(
+        "--latency-budget",
+        type=_budget,
+        metavar="B",
+        help=f"fraction of the original's latency (0.6) or a time (12ms); default {DEFAULT_BUDGET}",
     )
-    parser.add_argument(
-        "--criterion", choices=sorted(CRITERIA), default="l1", help="channel importance"
+    how.add_argument(
+        "--ratio",
+        type=_ratio,
+        help=f"share of channels to remove, [0,1), for uniform/global (default {DEFAULT_RATIO})",
     )
-    parser.add_argument(
-        "--plan", metavar="PLAN.json", help="apply a saved plan instead of planning"
+    how.add_argument(
+        "--criterion",
+        choices=sorted([*CRITERIA, *DATA_CRITERIA]),
+        default="l1",
+        help="channel importance; mean_abs, apoz and reconstruction need --calib",
     )
-    parser.add_argument("--save-plan", metavar="PLAN.json", help="write the plan used")
-    parser.add_argument("--report", metavar="REPORT.json", help="write the JSON report")
-    parser.add_argument(
+    how.add_argument(
+        "--snap",
+        action="store_true",
+        help="finally move every group to a stair edge of the target that is not slower",
+    )
+    how.add_argument("--plan", metavar="PLAN.json", help="apply a saved plan instead of planning")
+    target = parser.add_argument_group("target")
+    target.add_argument(
+        "--target", choices=target_names(), default=DEFAULT_TARGET, help="where the model will run"
+    )
+    target.add_argument(
+        "--threads", type=_positive_int, help="threads for measuring (default: physical cores)"
+    )
+    target.add_argument(
+        "--profile-db", metavar="PATH", help="profile database (default: in the user cache dir)"
+    )
+    target.add_argument(
+        "--no-measure", action="store_true", help="skip timing the result on the target"
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--calib",
+        metavar="PATH",
+        help="calibration data: .npz keyed by input name, or an image folder",
+    )
+    data.add_argument(
+        "--preprocess",
+        metavar="SPEC",
+        help="for an image folder: 'size=H,W;mean=..;std=..;layout=NCHW;order=RGB;scale=..'",
+    )
+    data.add_argument(
+        "--calib-limit", type=_positive_int, metavar="N", help="use at most N calibration samples"
+    )
+    data.add_argument(
+        "--recover",
+        choices=sorted(RECOVERY_METHODS),
+        help="repair layers after pruning on --calib data: lsq refit + bias, or bias only",
+    )
+    data.add_argument(
+        "--eval",
+        dest="eval_data",
+        metavar="D.npz",
+        help="report top-1 accuracy before/after (npz with 'input' and 'label')",
+    )
+    out = parser.add_argument_group("output")
+    out.add_argument("--save-plan", metavar="PLAN.json", help="write the plan used")
+    out.add_argument("--report", metavar="REPORT.json", help="write the JSON report")
+    out.add_argument(
         "--input-shape",
         action="append",
         default=[],
         metavar="NAME:D0,D1,...",
         help="fix an input's shape (repeatable), e.g. input:1,3,224,224",
     )
-    parser.add_argument("--quiet", action="store_true", help="no summary on stdout")
+    out.add_argument("--quiet", action="store_true", help="no summary on stdout")
 
 
 def _load_plan(path: str | None):
@@ -63,7 +141,7 @@ def _load_plan(path: str | None):
         raise UserError(f"cannot read plan {path}: {exc}") from None
 
 
-def _check_outputs(args: argparse.Namespace) -> None:
+def _check_paths(args: argparse.Namespace) -> None:
     from onnx_hwprune.frontends.onnx import check_output_path
 
     if not Path(args.input).is_file():
@@ -72,6 +150,34 @@ def _check_outputs(args: argparse.Namespace) -> None:
     for extra in (args.report, args.save_plan):
         if extra is not None:
             check_output_path(extra, args.input)
+    for name in ("calib", "eval_data", "plan"):
+        path = getattr(args, name)
+        if path is not None and not Path(path).exists():
+            raise UserError(f"--{name.replace('_data', '')} {path}: not found")
+
+
+def _options(args: argparse.Namespace):
+    from onnx_hwprune.frontends.onnx import parse_input_shapes
+    from onnx_hwprune.options import PruneOptions
+
+    return PruneOptions(
+        method=args.method,
+        ratio=args.ratio,
+        criterion=args.criterion,
+        plan=_load_plan(args.plan),
+        snap=args.snap,
+        target=args.target,
+        latency_budget=args.latency_budget,
+        threads=args.threads,
+        profile_db=args.profile_db,
+        measure=not args.no_measure,
+        calib=args.calib,
+        preprocess=args.preprocess,
+        calib_limit=args.calib_limit,
+        recover=args.recover,
+        eval_data=args.eval_data,
+        input_shapes=parse_input_shapes(args.input_shape) or None,
+    )
 
 
 def _write_json(path: str | None, data: dict) -> None:
@@ -82,19 +188,22 @@ def _write_json(path: str | None, data: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     from onnx_hwprune.api import prune
-    from onnx_hwprune.frontends.onnx import parse_input_shapes, serialize, write_bytes_atomic
+    from onnx_hwprune.cli_commands.profile import ProgressBar
+    from onnx_hwprune.frontends.onnx import serialize, write_bytes_atomic
     from onnx_hwprune.report import format_summary
 
-    _check_outputs(args)
-    result = prune(
-        args.input,
-        ratio=args.ratio,
-        method=args.method,
-        criterion=args.criterion,
-        plan=_load_plan(args.plan),
-        input_shapes=parse_input_shapes(args.input_shape) or None,
-    )
+    _check_paths(args)
+    opts = _options(args)
+    opts.validate()
+    bar = None if args.quiet or not opts.needs_cost_model() else ProgressBar(sys.stderr)
+    try:
+        result = prune(args.input, opts, progress=bar.update if bar else None)
+    finally:
+        if bar is not None:
+            bar.finish()
     if result.model is None:
         # Nothing to prune is not an error: the model comes out unchanged.
         write_bytes_atomic(args.output, Path(args.input).read_bytes())

@@ -1,0 +1,63 @@
+"""The data-driven steps of a pruning job: calibration batches, data criteria, recovery
+and accuracy evaluation. A thin layer over ``runtime.recovery`` and ``runtime.evaluate``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnx_hwprune.errors import UserError
+from onnx_hwprune.options import PruneOptions
+from onnx_hwprune.passes.analysis.data_importance import DATA_CRITERIA
+from onnx_hwprune.passes.analysis.groups import ChannelGroups
+from onnx_hwprune.passes.plan.plan import Plan
+
+__all__ = ["calibration", "data_scores", "recover_model", "accuracy_section"]
+
+
+def calibration(opts: PruneOptions, source: onnx.ModelProto):
+    """A factory of calibration batches, or None; bad data fails here, before any work."""
+    if opts.calib is None:
+        if opts.criterion in DATA_CRITERIA:
+            raise UserError(f"--criterion {opts.criterion} needs calibration data (--calib)")
+        return None
+    from onnx_hwprune.runtime.recovery import calib_factory
+
+    return calib_factory(opts.calib, source, opts.calib_batch, opts.preprocess, opts.calib_limit)
+
+
+def data_scores(
+    opts: PruneOptions, source: onnx.ModelProto, groups: ChannelGroups, factory
+) -> dict[str, np.ndarray]:
+    from onnx_hwprune.runtime.recovery import data_importance
+
+    return data_importance(source, groups, opts.criterion, factory)
+
+
+def recover_model(
+    opts: PruneOptions,
+    source: onnx.ModelProto,
+    pruned: onnx.ModelProto,
+    groups: ChannelGroups,
+    plan: Plan,
+    factory,
+) -> onnx.ModelProto:
+    from onnx_hwprune.runtime.recovery import recover
+
+    return recover(source, pruned, groups, plan, factory, method=opts.recover, ridge=opts.ridge)
+
+
+def accuracy_section(
+    opts: PruneOptions, source: onnx.ModelProto, pruned: onnx.ModelProto
+) -> dict[str, Any]:
+    """Top-1 before and after on ``--eval`` data (agreement with the original if unlabelled)."""
+    from onnx_hwprune.runtime.evaluate import agreement, evaluate
+
+    before, after = evaluate(source, opts.eval_data), evaluate(pruned, opts.eval_data)
+    section: dict[str, Any] = {"data": str(opts.eval_data), "samples": after.num_samples}
+    if after.top1 is not None:
+        section["top1"] = [before.top1, after.top1]
+    section["agreement"] = agreement(source, pruned, opts.eval_data)
+    return section

@@ -1,0 +1,73 @@
+"""The latency steps of a pruning job: the target's cost model (profiling what the
+profile database lacks), predicted latency per layer with provenance, and the measured
+latency of the original and the result, timed in one interleaved run."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import onnx
+
+from onnx_hwprune.options import PruneOptions
+from onnx_hwprune.passes.analysis.groups import ChannelGroups
+from onnx_hwprune.passes.plan._channels import ChannelMap
+from onnx_hwprune.passes.plan.plan import Plan
+
+__all__ = ["cost_model", "predicted_section", "measured_section"]
+
+log = logging.getLogger(__name__)
+
+
+def cost_model(opts: PruneOptions, source: onnx.ModelProto, progress: Callable | None = None):
+    """(cost model, backend) for ``opts.target``; measurements are reused from the DB."""
+    from onnx_hwprune.cost_models.profile_db import ProfileDB
+    from onnx_hwprune.frontends.onnx import with_static_inputs
+    from onnx_hwprune.runtime.profiler import build_cost_model
+    from onnx_hwprune.runtime.targets import get_target
+
+    target = get_target(opts.target)
+    backend = target.make_backend(threads=opts.threads)
+    db = ProfileDB(opts.profile_db)
+    try:
+        static = with_static_inputs(source)  # deployment latency: batch 1 where symbolic
+        return build_cost_model(static, backend, opts.target, db, progress=progress), backend
+    finally:
+        db.close()
+
+
+def predicted_section(cost, graph, groups: ChannelGroups, plan: Plan) -> dict[str, Any]:
+    """Per layer and for the network: predicted ms before/after, with provenance."""
+    cmap = ChannelMap(graph, groups, [e.node for e in cost.layers])
+    removed = {n: gp.size - len(gp.keep) for n, gp in plan.groups.items()}
+    before, after = cost.predict_detail({}), cost.predict_detail(cmap.all_counts(removed))
+    layers = {
+        node: {
+            "ms": [before["layers"][node].ms, est.ms],
+            "provenance": [before["layers"][node].provenance, est.provenance],
+        }
+        for node, est in after["layers"].items()
+    }
+    return {
+        "target": cost.target,
+        "source": "measured profile (staircase model) on this device",
+        "network_ms": [before["total_ms"], after["total_ms"]],
+        "residual_ms": cost.residual_ms,
+        "layers": layers,
+    }
+
+
+def measured_section(
+    backend, models: Mapping[str, onnx.ModelProto], rounds: int = 7
+) -> dict[str, Any]:
+    """Median ms of each model, timed by the timing protocol in one interleaved run."""
+    from onnx_hwprune.runtime.timing import TimingConfig, measure
+
+    runnables = {name: backend.prepare(model) for name, model in models.items()}
+    try:
+        timings = measure({n: r.sample for n, r in runnables.items()}, TimingConfig(rounds=rounds))
+    finally:
+        for runnable in runnables.values():
+            runnable.close()
+    return {name: {"median_ms": t.median_ms, "spread": t.spread} for name, t in timings.items()}
