@@ -40,42 +40,39 @@ def _couple_pieces(node: gs.Node, ctx: CoupleContext, whole: int, pieces: list[i
         ctx.freeze_node(node, f"pieces cover {offset} of {ctx.size(whole)} channels")
 
 
+def _couple_whole(
+    node: gs.Node, ctx: CoupleContext, whole: gs.Tensor, pieces: list[gs.Tensor]
+) -> None:
+    """Concat (pieces in, whole out) and Split (whole in, pieces out): offsets on the
+    channel axis, one-to-one coupling on any other axis."""
+    on_channels = _is_channel_axis(node, whole)
+    if on_channels is None or any(const_values(t) is not None for t in (whole, *pieces)):
+        ctx.freeze_node(node, "rank unknown or constant operand")
+        return
+    whole_is_output = whole is node.outputs[0]
+    sw = ctx.act(whole, node, "act_out" if whole_is_output else "act_in", produced=whole_is_output)
+    role = "act_in" if whole_is_output else "act_out"
+    parts = [ctx.act(t, node, role, produced=not whole_is_output) for t in pieces]
+    if sw is None:
+        return
+    if on_channels:
+        _couple_pieces(node, ctx, sw, parts)
+        return
+    for sp in parts:
+        if sp is not None:
+            ctx.union(sw, sp)
+
+
 @register("Concat")
 class ConcatHandler(Handler):
     def couple(self, node: gs.Node, ctx: CoupleContext) -> None:
-        on_channels = _is_channel_axis(node, node.outputs[0])
-        if on_channels is None or any(const_values(t) is not None for t in node.inputs):
-            ctx.freeze_node(node, "rank unknown or constant operand")
-            return
-        sy = ctx.act(node.outputs[0], node, "act_out", produced=True)
-        ins = [ctx.act(t, node, "act_in") for t in node.inputs]
-        if sy is None:
-            return
-        if on_channels:
-            _couple_pieces(node, ctx, sy, ins)
-        else:
-            for sx in ins:
-                if sx is not None:
-                    ctx.union(sy, sx)
+        _couple_whole(node, ctx, node.outputs[0], list(node.inputs))
 
 
 @register("Split")
 class SplitHandler(Handler):
     def couple(self, node: gs.Node, ctx: CoupleContext) -> None:
-        on_channels = _is_channel_axis(node, node.inputs[0])
-        if on_channels is None:
-            ctx.freeze_node(node, "rank unknown")
-            return
-        sx = ctx.act(node.inputs[0], node, "act_in")
-        outs = [ctx.act(t, node, "act_out", produced=True) for t in node.outputs]
-        if sx is None:
-            return
-        if on_channels:
-            _couple_pieces(node, ctx, sx, outs)
-        else:
-            for sy in outs:
-                if sy is not None:
-                    ctx.union(sx, sy)
+        _couple_whole(node, ctx, node.inputs[0], list(node.outputs))
 
     def rewrite(self, node: gs.Node, ctx: RewriteContext) -> None:
         if not ctx.changed(node.inputs[0]) or not _is_channel_axis(node, node.inputs[0]):

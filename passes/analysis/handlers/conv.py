@@ -41,24 +41,34 @@ def _grouped_union(ctx: CoupleContext, node: gs.Node, sx: int, sy: int, groups: 
     ctx.union(sy, sy, y, y % per_out)  # same local output position in every group
 
 
+def _couple_layer(node: gs.Node, ctx: CoupleContext, out_axis: int) -> tuple[int, int] | None:
+    """The part Conv and ConvTranspose share: activations, filters (weight axis
+    ``out_axis``) and bias on the output space. None after freezing."""
+    x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    if const_values(w) is None:
+        ctx.freeze_node(node, "weight is not a constant (quantized or computed)")
+        return None
+    sx = ctx.act(x, node, "act_in")
+    sy = ctx.act(y, node, "act_out", produced=True)
+    if sx is None or sy is None:
+        return None
+    ctx.union(sy, ctx.param(w, node, "weight_out", out_axis))
+    bias = optional_input(node, 2)
+    if bias is not None:
+        ctx.union(sy, ctx.param(bias, node, "bias", 0))
+    return sx, sy
+
+
 @register("Conv")
 class ConvHandler(Handler):
     def couple(self, node: gs.Node, ctx: CoupleContext) -> None:
-        x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
-        if const_values(w) is None:
-            ctx.freeze_node(node, "weight is not a constant (quantized or computed)")
+        spaces = _couple_layer(node, ctx, out_axis=0)
+        if spaces is None:
             return
-        sx = ctx.act(x, node, "act_in")
-        sy = ctx.act(y, node, "act_out", produced=True)
-        if sx is None or sy is None:
-            return
-        ctx.union(sy, ctx.param(w, node, "weight_out", 0))
-        bias = optional_input(node, 2)
-        if bias is not None:
-            ctx.union(sy, ctx.param(bias, node, "bias", 0))
+        sx, sy = spaces
         groups = int(node.attrs.get("group", 1))
         if groups == 1:
-            ctx.union(sx, ctx.param(w, node, "weight_in", 1))
+            ctx.union(sx, ctx.param(node.inputs[1], node, "weight_in", 1))
         elif ctx.size(sx) % groups or ctx.size(sy) % groups:
             ctx.freeze_node(node, f"channels not divisible by group={groups}")
         elif groups == ctx.size(sx):
@@ -78,19 +88,9 @@ class ConvTransposeHandler(Handler):
     """ConvTranspose weights are laid out ``[Cin, Cout/g, k...]``: axis 0 is the input."""
 
     def couple(self, node: gs.Node, ctx: CoupleContext) -> None:
-        x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
-        if const_values(w) is None:
-            ctx.freeze_node(node, "weight is not a constant")
-            return
         if int(node.attrs.get("group", 1)) != 1:
             ctx.freeze_node(node, "grouped ConvTranspose is not supported")
             return
-        sx = ctx.act(x, node, "act_in")
-        sy = ctx.act(y, node, "act_out", produced=True)
-        if sx is None or sy is None:
-            return
-        ctx.union(sx, ctx.param(w, node, "weight_in", 0))
-        ctx.union(sy, ctx.param(w, node, "weight_out", 1))
-        bias = optional_input(node, 2)
-        if bias is not None:
-            ctx.union(sy, ctx.param(bias, node, "bias", 0))
+        spaces = _couple_layer(node, ctx, out_axis=1)
+        if spaces is not None:
+            ctx.union(spaces[0], ctx.param(node.inputs[1], node, "weight_in", 0))
