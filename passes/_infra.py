@@ -72,6 +72,9 @@ CONFIG_KEYS: Mapping[str, ConfigKey] = {
     ),
     "verify.each_pass": ConfigKey(bool, False, "run the model verifier after every pass (debug)"),
     "plan.stair_tolerance": ConfigKey(float, 0.01, "latency levels closer than this share a stair"),
+    "plan.channel_multiple": ConfigKey(
+        int, 1, "latency planning keeps counts that are multiples of this (set by the target)"
+    ),
 }
 
 

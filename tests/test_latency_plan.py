@@ -151,3 +151,18 @@ def test_analytic_macs_match_the_rewritten_graph(name):
     removed = {n: gp.size - len(gp.keep) for n, gp in plan.groups.items()}
     assert planner.map.macs(removed) == model_stats(remove_channels(graph, groups, plan)).macs
     assert planner.map.macs({}) == model_stats(graph).macs
+
+
+def test_channel_multiple_makes_other_counts_infeasible(vgg):
+    graph, groups, scores, layers = vgg
+    planner = _planner(vgg, _stair_cost(layers, step=1), channel_multiple=4)
+    full = planner.predict({})
+    plan = planner.plan_to_budget(full * 0.5)
+    assert plan.meta["predicted_ms"] <= full * 0.5
+    for name, gp in plan.groups.items():
+        assert len(gp.keep) % 4 == 0 or len(gp.keep) == gp.size
+    odd = uniform_plan(groups, scores, 0.3)  # counts like 23 of 32: not multiples of 4
+    snapped = planner.snap(odd, scores)
+    for name, gp in odd.groups.items():
+        n = len(snapped.groups[name].keep)
+        assert n >= len(gp.keep) and (n % 4 == 0 or n == gp.size)

@@ -18,6 +18,14 @@ channels without buying speed: that is the seeds' pathology.
 ``snap`` is performance-aware rounding of any plan (uniform, global, a plan from
 elsewhere): each group moves up to the largest count that is not slower, giving back the
 channels that cost no latency. It never lowers a count and never raises the prediction.
+
+``channel_multiple`` (from the target) makes every other count infeasible. It exists for
+effects a single-layer benchmark cannot see: onnxruntime's CPU kernels run a chain of
+convs in the NCHWc layout only while in-channels are multiples of 4; one count that breaks
+the chain adds layout reorders around the layer. In the micro-benchmark the reorders are
+paid at every count, so the model would call the broken count cheap (we measured a pruned
+digits model 1.5x *slower* that way). Snap first rounds such counts up to the multiple,
+the one case where it does not follow the prediction.
 """
 
 from __future__ import annotations
@@ -82,8 +90,9 @@ class LatencyPlanner:
         layer_nodes: list[str],
         min_channels: int = 1,
         tolerance: float = 0.01,
+        channel_multiple: int = 1,
     ) -> None:
-        self.cost, self.tolerance = cost, tolerance
+        self.cost, self.tolerance, self.multiple = cost, tolerance, max(1, channel_multiple)
         self.map = ChannelMap(graph, groups, layer_nodes)
         self.groups = {g.name: g for g in groups.prunable if g.name in self.map.layers_of_group}
         self.floor = {n: min(g.size, max(1, min_channels)) for n, g in self.groups.items()}
@@ -108,11 +117,18 @@ class LatencyPlanner:
             curve[count] = self._layers_ms(layers, {**removed, name: group.size - count})
         return curve
 
+    def feasible(self, name: str, count: int) -> bool:
+        return count == self.groups[name].size or (
+            count >= self.floor[name] and count % self.multiple == 0
+        )
+
     def stair_edges(self, name: str, removed: Mapping[str, int] | None = None) -> list[int]:
-        """Counts, descending, each strictly cheaper than every larger count."""
+        """Feasible counts, descending, each strictly cheaper than every larger count."""
         curve = self.group_curve(name, removed or {})
         edges, best = [], np.inf
         for count in range(len(curve) - 1, self.floor[name] - 1, -1):
+            if not self.feasible(name, count):
+                continue
             if curve[count] < best - self.tolerance * min(best, curve[count]):
                 edges.append(count)
                 best = curve[count]
@@ -181,9 +197,14 @@ class LatencyPlanner:
         keep = {n: set(gp.keep) for n, gp in plan.groups.items()}
         for name in (n for n in self.groups if n in keep):
             counts = {n: len(k) for n, k in keep.items() if n in self.groups}
+            start = min(
+                c for c in range(counts[name], self.groups[name].size + 1) if self.feasible(name, c)
+            )
             curve = self.group_curve(name, self._removed(counts))
-            now = curve[counts[name]]
-            target = max(c for c in range(counts[name], len(curve)) if curve[c] <= now * (1 + 1e-9))
+            target = max(
+                c for c in range(start, len(curve))
+                if self.feasible(name, c) and curve[c] <= curve[start] * (1 + 1e-9)
+            )  # fmt: skip
             back = [i for i in np.argsort(-scores[name], kind="stable") if i not in keep[name]]
             keep[name].update(int(i) for i in back[: target - counts[name]])
         plans = {n: GroupPlan(plan.groups[n].size, tuple(sorted(k))) for n, k in keep.items()}
@@ -215,10 +236,10 @@ def _planner(mod: Module, ctx: PassContext) -> LatencyPlanner:
     if cost is None:
         raise PassError("latency planning needs PassContext(cost_model=...) for the target")
     nodes = [entry.node for entry in cost.layers]
-    return LatencyPlanner(
-        mod.graph, mod.groups, mod.scores, cost, nodes,
-        ctx.get("plan.min_channels"), ctx.get("plan.stair_tolerance"),
-    )  # fmt: skip
+    settings = [
+        ctx.get(f"plan.{k}") for k in ("min_channels", "stair_tolerance", "channel_multiple")
+    ]
+    return LatencyPlanner(mod.graph, mod.groups, mod.scores, cost, nodes, *settings)
 
 
 class LatencyPlannerPass(Pass):
