@@ -19,6 +19,7 @@ Channel axes by ``group_kind``:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -247,4 +248,4 @@ def _reaches_output(node: gs.Node, graph_outputs: set[str]) -> bool:
 
 
 def _replace(sig: LayerSignature, **changes) -> LayerSignature:
-    return LayerSignature(**{**sig.__dict__, **changes})
+    return dataclasses.replace(sig, **changes)

@@ -26,8 +26,9 @@ finds both with few measurements, along one channel axis at a time:
 The result, :class:`AxisProfile`, is plain data. :class:`StaircaseModel` combines the
 axes of a layer. With one axis at full, a dense layer's latency is that axis's staircase.
 With both pruned, the estimate lies between the product ``L_out(o) * L_in(i) / L_full``
-(compute-bound: latency ~ in * out) and the sum ``L_out(o) + L_in(i) - L_full`` (fixed
-costs dominate), blended by a weight fitted on one measured off-axis point.
+(compute-bound: latency ~ in * out) and ``min(L_out(o), L_in(i))`` (fixed costs dominate:
+cutting the second axis gains nothing), blended by a weight fitted on one measured
+off-axis point.
 """
 
 from __future__ import annotations
@@ -127,12 +128,26 @@ class AxisProfile:
         measured = {c: ms for c, ms, _ in self.points}
         if count in measured:
             return Estimate(measured[count], "measured")
+        factors = dict(self.penalties)
+        if count % self.align and _valuation(count) in factors:
+            return Estimate(self._unaligned(count, factors), "estimated")
         ms = _interpolate(self._lattice_points(), count)
-        factor = dict(self.penalties).get(_valuation(count), 1.0)
-        on_lattice = count % self.align == 0
-        if not on_lattice and factor != 1.0:
-            return Estimate(ms * factor, "estimated")
         return Estimate(ms, "interpolated" if self.lo <= count <= self.full else "estimated")
+
+    def _unaligned(self, count: int, factors: dict[int, float]) -> float:
+        """Off-alignment counts run another kernel (onnxruntime: NCHW instead of NCHWc)
+        whose cost has its own slope (a 31-channel depthwise conv: 3.5x the 32-channel one,
+        linear in channels): a line through the measured points of the count's 2-adic class
+        where they span enough of the range, else the aligned staircase times the class's
+        measured factor."""
+        v = _valuation(count)
+        pts = [(c, ms) for c, ms, _ in self.points if c % self.align and _valuation(c) == v]
+        span = max((c for c, _ in pts), default=0) - min((c for c, _ in pts), default=0)
+        if span * 4 >= self.full - self.lo and len(pts) >= 2:
+            xs, ys = [c for c, _ in pts], [ms for _, ms in pts]
+            slope, intercept = _line(xs, ys)
+            return max(slope * count + intercept, 0.2 * min(ys))
+        return _interpolate(self._lattice_points(), count) * factors[v]
 
     def stair_edges(self, tol: float | None = None) -> list[tuple[int, float]]:
         """The largest count at each latency level: counts faster than every larger count
@@ -204,25 +219,48 @@ def _class_probes(full: int, lo: int) -> dict[int, int]:
     return probes
 
 
+def _largest_in_class(v: int, upper: int, lo: int) -> int | None:
+    c = upper
+    while c >= lo and _valuation(c) != v:
+        c -= 1
+    return c if c >= lo else None
+
+
+def _line(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least-squares (slope, intercept)."""
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    var = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var if var else 0.0
+    return slope, my - slope * mx
+
+
 def _alignment_probes(full: int, lo: int) -> list[int]:
     return sorted({full, *_class_probes(full, lo).values()})
 
 
-def _is_penalised(data, c: int, config: SearchConfig) -> bool:
-    """``c`` is slower than some larger count of a better-aligned class, beyond noise."""
-    refs = [ms for r, (ms, _) in data.items() if r > c and _valuation(r) > _valuation(c)]
+def _is_penalised(data, c: int, refs: list[int], config: SearchConfig) -> bool:
+    """``c`` is slower than one of ``refs`` (larger, better-aligned counts) beyond noise."""
     noise = max(2 * config.rel_floor, config.k_noise * data[c][1])
-    return bool(refs) and data[c][0] > min(refs) * (1 + noise)
+    return any(data[c][0] > data[r][0] * (1 + noise) for r in refs if r in data)
 
 
 def _confirm_penalties(measure, data, full: int, lo: int, config: SearchConfig) -> set[int]:
-    """Classes penalised at their probe *and* at a second count of the same class: on a
-    shared machine one slow probe is too often noise (a false cliff costs 50%+ error)."""
+    """Classes penalised at their probe near ``N`` *and* at the next lower count of the
+    class: on a shared machine one slow probe is too often noise (a false cliff costs 50%+
+    error). A confirmed class also gets a mid-range count, which gives the slope of the
+    slower kernel (see :meth:`AxisProfile._unaligned`)."""
     probes = _class_probes(full, lo)
-    flagged = {v for v, c in probes.items() if c in data and _is_penalised(data, c, config)}
+
+    def penalised(c: int, v: int) -> bool:
+        return _is_penalised(data, c, [r for u, r in probes.items() if u > v and r > c], config)
+
+    flagged = {v for v, c in probes.items() if c in data and penalised(c, v)}
     second = {v: probes[v] - 2 ** (v + 1) for v in flagged if probes[v] - 2 ** (v + 1) >= lo}
-    data.update(measure([c for c in second.values() if c not in data]))
-    return {v for v in flagged if v not in second or _is_penalised(data, second[v], config)}
+    data.update(measure(sorted(set(second.values()) - set(data))))
+    confirmed = {v for v in flagged if v not in second or penalised(second[v], v)}
+    mids = [_largest_in_class(v, (lo + full) // 2, lo) for v in confirmed]
+    data.update(measure(sorted({c for c in mids if c is not None} - set(data))))
+    return confirmed
 
 
 def _coarse_probes(lattice: list[int], n: int) -> list[int]:
@@ -350,7 +388,7 @@ class StaircaseModel:
     full_ms: float
     axes: tuple[tuple[str, AxisProfile], ...]
     per_ch: tuple[int, int] = (1, 1)
-    blend: float = 1.0
+    blend: float = 0.0
 
     def axis(self, name: str) -> AxisProfile | None:
         """The profile of axis ``name`` or None."""
@@ -368,19 +406,20 @@ class StaircaseModel:
 
     def _off_axis(self, in_ch: int, out_ch: int, blend: float) -> float:
         # Both axes pruned: between the product (pure compute, latency ~ in * out) and the
-        # additive form (fixed costs dominate); ``blend`` is fitted on a measured point.
+        # faster single-axis cut (fixed costs dominate: cutting the other axis gains
+        # nothing); ``blend`` is fitted on a measured point.
         by_out = self._axis_latency("out", out_ch, self.full_out).ms
         by_in = self._axis_latency("in", in_ch, self.full_in).ms
-        additive = by_out + by_in - self.full_ms
-        return additive + blend * (by_out * by_in / self.full_ms - additive)
+        product = by_out * by_in / self.full_ms
+        return product + blend * (min(by_out, by_in) - product)
 
     def with_blend(self, in_ch: int, out_ch: int, measured_ms: float) -> StaircaseModel:
         """A copy whose off-axis blend reproduces ``measured_ms`` at (in, out), clipped
-        to [0, 1.5] so one noisy point cannot make it absurd."""
-        product, additive = self._off_axis(in_ch, out_ch, 1.0), self._off_axis(in_ch, out_ch, 0.0)
-        if abs(product - additive) < 1e-12:
+        to [0, 1] so one noisy point cannot extrapolate."""
+        product, single = self._off_axis(in_ch, out_ch, 0.0), self._off_axis(in_ch, out_ch, 1.0)
+        if abs(single - product) < 1e-12:
             return self
-        blend = min(1.5, max(0.0, (measured_ms - additive) / (product - additive)))
+        blend = min(1.0, max(0.0, (measured_ms - product) / (single - product)))
         return StaircaseModel(**{**self.__dict__, "blend": blend})
 
     def diagonal_probe(self) -> tuple[int, int] | None:
@@ -423,6 +462,7 @@ class StaircaseModel:
             "full_ms": self.full_ms,
             "axes": {n: p.to_dict() for n, p in self.axes},
             "per_ch": list(self.per_ch),
+            "blend": self.blend,
         }
 
     @classmethod
@@ -436,4 +476,5 @@ class StaircaseModel:
             d["full_ms"],
             axes,
             tuple(d["per_ch"]),
+            d.get("blend", 0.0),
         )

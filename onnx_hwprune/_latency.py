@@ -21,20 +21,56 @@ log = logging.getLogger(__name__)
 
 
 def cost_model(opts: PruneOptions, source: onnx.ModelProto, progress: Callable | None = None):
-    """(cost model, backend) for ``opts.target``; measurements are reused from the DB."""
+    """(cost model, backend or None) for ``opts.target``.
+
+    Three sources, never confused: a profile shipped in the package (``cudnn-h100``:
+    measured on that GPU, nothing measured here); the ``mali`` estimate, replaced by a
+    board's measurements when the profile DB has them; otherwise measured on this host,
+    reusing what the DB holds. The backend is None where nothing can be timed here.
+    """
     from onnx_hwprune.cost_models.profile_db import ProfileDB
     from onnx_hwprune.frontends.onnx import with_static_inputs
+    from onnx_hwprune.runtime.gpu_targets import shipped_cost_model, shipped_profiles
+
+    static = with_static_inputs(source)  # deployment latency: batch 1 where symbolic
+    if opts.target in shipped_profiles():
+        return shipped_cost_model(opts.target, static, progress=progress), None
+    db = ProfileDB(opts.profile_db)
+    try:
+        if opts.target == "mali":
+            return _mali(static, db), None
+        return _measured(opts, static, db, progress)
+    finally:
+        db.close()
+
+
+def _mali(static: onnx.ModelProto, db):
+    from onnx_hwprune.cost_models.mali import mali_cost_model
+
+    cost = mali_cost_model(static, db)
+    if getattr(cost, "provenance", "") == "estimated":
+        log.warning(
+            "mali: no board measurements in the profile database; planning from the analytic "
+            "Mali-G72 MP12 model: every latency is an estimate"
+        )
+    return cost
+
+
+def _measured(opts: PruneOptions, static: onnx.ModelProto, db, progress):
     from onnx_hwprune.runtime.profiler import build_cost_model
     from onnx_hwprune.runtime.targets import get_target
 
-    target = get_target(opts.target)
-    backend = target.make_backend(threads=opts.threads)
-    db = ProfileDB(opts.profile_db)
-    try:
-        static = with_static_inputs(source)  # deployment latency: batch 1 where symbolic
-        return build_cost_model(static, backend, opts.target, db, progress=progress), backend
-    finally:
-        db.close()
+    backend = get_target(opts.target).make_backend(threads=opts.threads)
+    return build_cost_model(static, backend, opts.target, db, progress=progress), backend
+
+
+def source_of(cost, target: str) -> str:
+    """Where the numbers come from, for reports."""
+    from onnx_hwprune.runtime.gpu_targets import describe_shipped_profile, shipped_profiles
+
+    if target in shipped_profiles():
+        return describe_shipped_profile(target)
+    return getattr(cost, "source", f"measured on this host ({target}), staircase model")
 
 
 def predicted_section(cost, graph, groups: ChannelGroups, plan: Plan) -> dict[str, Any]:
@@ -51,7 +87,7 @@ def predicted_section(cost, graph, groups: ChannelGroups, plan: Plan) -> dict[st
     }
     return {
         "target": cost.target,
-        "source": "measured profile (staircase model) on this device",
+        "source": source_of(cost, cost.target),
         "network_ms": [before["total_ms"], after["total_ms"]],
         "residual_ms": cost.residual_ms,
         "layers": layers,

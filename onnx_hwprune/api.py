@@ -89,7 +89,7 @@ def prune(
     cost = backend = None
     if opts.needs_cost_model():
         cost, backend = _latency.cost_model(opts, source, progress)
-        ctx = replace(ctx, cost_model=cost)
+        ctx = replace(ctx, cost_model=cost, config=_target_config(opts, ctx))
     planned = _plan(opts, mod, source, factory, ctx)
     pruned_mod = RemoveChannels()(planned, ctx)
     out = export_model(pruned_mod.graph)
@@ -105,6 +105,15 @@ def prune(
     )
     _add_sections(report, opts, cost, backend, mod, planned.plan, source, out)
     return PruneResult(out, planned.plan, report)
+
+
+def _target_config(opts: PruneOptions, ctx: PassContext) -> dict[str, Any]:
+    """The target's planning constraints, unless the caller set them explicitly."""
+    from onnx_hwprune.runtime.targets import TARGETS
+
+    config = dict(ctx.config)
+    config.setdefault("plan.channel_multiple", TARGETS[opts.target].channel_multiple)
+    return config
 
 
 def _plan(
@@ -123,7 +132,7 @@ def _add_sections(report, opts, cost, backend, mod, plan, source, out) -> None:
         report["latency"] = {
             "predicted": _latency.predicted_section(cost, mod.graph, mod.groups, plan)
         }
-        if opts.measure:
+        if opts.measure and backend is not None:
             report["latency"]["measured"] = _latency.measured_section(
                 backend, {"original": source, "pruned": out}
             )

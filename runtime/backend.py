@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Backend",
+    "RecordedBackend",
     "Runnable",
     "available_backends",
     "cpu_info",
@@ -79,6 +80,35 @@ class Backend(abc.ABC):
     def fingerprint_hash(self) -> str:
         """16 hex digits identifying :meth:`fingerprint`."""
         return fingerprint_hash(self.fingerprint())
+
+
+class RecordedBackend(Backend):
+    """A device known only through a profile database (e.g. imported from the device).
+
+    It measures nothing: everything must already be in the database, which is how a
+    profile measured on one machine is used to plan on another. Not in the registry.
+
+    Args:
+        fingerprint: the device's fingerprint as stored (``ProfileDB.devices()``).
+    """
+
+    name = "recorded"
+
+    def __init__(self, fingerprint: dict):
+        self._fingerprint = dict(fingerprint)
+
+    def fingerprint(self) -> dict:
+        """The recorded fingerprint."""
+        return dict(self._fingerprint)
+
+    def prepare(self, model: onnx.ModelProto) -> Runnable:
+        """Always fails: a recorded device cannot run anything."""
+        from onnx_hwprune.errors import UserError
+
+        raise UserError(
+            "a measurement is missing from the imported profile; profile this model on "
+            "the device itself (onnx-hwprune profile) and import the export again"
+        )
 
 
 def register_backend(cls: type[Backend]) -> type[Backend]:

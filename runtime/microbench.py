@@ -170,8 +170,8 @@ def measure_points(
 def _time_points(backend, sig, points, config, anchor) -> dict[tuple[int, int], Measurement]:
     out = {}
     for chunk in _chunks(sig, points):
-        use_anchor = anchor is not None and anchor[0] not in chunk
-        keys = [*chunk, anchor[0]] if use_anchor else chunk
+        use_anchor = anchor is not None
+        keys = [*chunk, anchor[0]] if use_anchor and anchor[0] not in chunk else chunk
         runnables = {p: backend.prepare(build_layer_model(sig, *p)) for p in keys}
         try:
             timings = measure({p: r.sample for p, r in runnables.items()}, config)

@@ -181,3 +181,32 @@ def test_time_budget_stops_and_a_rerun_resumes(tmp_path, capsys):
     assert _cli(path, "--threads", "1", "--profile-db", db) == 0
     with ProfileDB(db) as handle:
         assert handle.count() > partial
+
+
+def test_calibration_without_node_profiler_uses_one_global_scale():
+    import onnx_graphsurgeon as gs
+
+    from onnx_hwprune.cost_models.signature import extract_layers
+    from onnx_hwprune.cost_models.staircase import StaircaseModel
+    from onnx_hwprune.runtime.profiler import calibrate
+
+    class NoProfiler(Backend):
+        name = "fake-no-profiler"
+
+        def fingerprint(self):
+            return {"fake": True}
+
+        def prepare(self, model):
+            raise AssertionError("total_ms is given: nothing to run")
+
+    model = tiny_model()
+    layers = extract_layers(gs.import_onnx(onnx.shape_inference.infer_shapes(model)))
+    models = {
+        (x.signature.key(), x.in_channels, x.out_channels): StaircaseModel(
+            x.signature.key(), "dense", x.in_channels, x.out_channels, 1.0, ()
+        )
+        for x in layers
+    }
+    total, residual, scales = calibrate(model, NoProfiler(), layers, models, total_ms=6.0)
+    assert (total, residual) == (6.0, 0.0)
+    assert all(s == pytest.approx(6.0 / len(layers)) for s in scales.values())

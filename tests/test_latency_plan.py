@@ -62,9 +62,18 @@ def _expected_edges(group) -> list[int]:
 
 def test_stair_edges_are_the_true_edges(vgg):
     graph, groups, scores, layers = vgg
-    planner = _planner(vgg, _stair_cost(layers, step=8))
+    planner = _planner(vgg, _stair_cost(layers, step=8), max_group_ratio=1.0)
     for group in planner.groups.values():
         assert planner.stair_edges(group.name) == _expected_edges(group), group.name
+
+
+def test_no_group_collapses(vgg):
+    """A budget far below reach: every group stops at its floor, 10% of its channels."""
+    graph, groups, scores, layers = vgg
+    planner = _planner(vgg, _stair_cost(layers, step=1))
+    plan = planner.plan_to_budget(planner.predict({}) * 0.01)
+    for name, gp in plan.groups.items():
+        assert len(gp.keep) == math.ceil(gp.size * 0.1), name
 
 
 def test_plan_meets_the_budget_at_stair_edges_only(vgg):

@@ -120,3 +120,46 @@ def test_cli_export_import_and_rebuild(tmp_path, capsys):
     assert list(tmp_path.glob("b.sqlite.corrupt-*.bak"))
     with pytest.raises(UserError):
         _cli("import", tmp_path / "missing.json", "--profile-db", dst)
+
+
+def _one_conv_model():
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = np.random.default_rng(0).standard_normal((8, 8, 3, 3)).astype(np.float32)
+    w = numpy_helper.from_array(weights, "w")
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", kernel_shape=[3, 3], pads=[1] * 4),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node(
+            "Conv", ["r", "w"], ["y"], name="conv2", kernel_shape=[3, 3], pads=[1] * 4
+        ),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])], [w],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    return model
+
+
+def test_exported_profile_plans_on_another_machine(tmp_path):
+    """Profile on 'the device', export, import elsewhere, rebuild the same cost model."""
+    from onnx_hwprune.runtime.backend import RecordedBackend
+    from onnx_hwprune.runtime.ort_cpu import OrtCpuBackend
+    from onnx_hwprune.runtime.profiler import ProfileOptions, build_cost_model
+    from onnx_hwprune.runtime.timing import TimingConfig
+
+    model = _one_conv_model()
+    fast = ProfileOptions(timing=TimingConfig(warmup_s=0.002, min_repeat_s=0.001, rounds=3))
+    with ProfileDB(tmp_path / "device.sqlite") as db:
+        on_device = build_cost_model(model, OrtCpuBackend(threads=1), "cpu", db, fast)
+        doc = db.export_json()
+    with ProfileDB(tmp_path / "laptop.sqlite") as db:
+        db.import_json(doc)
+        ((_, _, fingerprint),) = db.devices("cpu")
+        planned = build_cost_model(model, RecordedBackend(fingerprint), "cpu", db, fast)
+    assert planned.to_dict() == on_device.to_dict()
+    with ProfileDB(tmp_path / "empty.sqlite") as db, pytest.raises(UserError, match="missing"):
+        build_cost_model(model, RecordedBackend(fingerprint), "cpu", db, fast)

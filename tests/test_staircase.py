@@ -106,12 +106,13 @@ def test_layer_model_combines_axes():
     assert one_axis.ms == pytest.approx(model.axis("out").latency(40).ms)
     both = model.latency(32, 32)
     assert both.provenance == "estimated"
-    expected = model.axis("out").latency(32).ms * model.axis("in").latency(32).ms
-    assert both.ms == pytest.approx(expected / model.full_ms)  # blend 1: the product
-    additive = model.axis("out").latency(32).ms + model.axis("in").latency(32).ms
-    fitted = model.with_blend(32, 32, additive - model.full_ms)
-    assert fitted.blend == pytest.approx(0.0, abs=1e-9)
-    assert fitted.latency(32, 32).ms == pytest.approx(additive - model.full_ms)
+    by_out, by_in = model.axis("out").latency(32).ms, model.axis("in").latency(32).ms
+    assert both.ms == pytest.approx(by_out * by_in / model.full_ms)  # blend 0: the product
+    fitted = model.with_blend(32, 32, min(by_out, by_in))
+    assert fitted.blend == pytest.approx(1.0)
+    assert fitted.latency(32, 32).ms == pytest.approx(min(by_out, by_in))
+    assert model.with_blend(32, 32, 1e9).blend == 1.0  # clipped, never extrapolated
+    assert StaircaseModel.from_dict(fitted.to_dict()) == fitted
     assert model.diagonal_probe() == (36, 38)
     assert [c for c, _ in model.stair_edges("out")] == [64, 48, 32, 16]
 

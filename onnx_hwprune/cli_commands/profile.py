@@ -77,7 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         metavar="N",
-        help="tvm-llvm: MetaSchedule trials per layer (0: default schedules)",
+        help="tvm-llvm: MetaSchedule trials per compiled micro-benchmark (0: default schedules)",
     )
     parser.add_argument(
         "--json",

@@ -118,6 +118,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="report top-1 accuracy before/after (npz with 'input' and 'label')",
     )
     out = parser.add_argument_group("output")
+    out.add_argument(
+        "--emit",
+        choices=["onnx", "tvm"],
+        default="onnx",
+        help="tvm: also write a compiled TVM module for the target to OUT-stem.tvm/",
+    )
+    out.add_argument(
+        "--cross-compiler",
+        metavar="CC",
+        help="C compiler for --emit tvm on a board (default: aarch64-linux-gnu-gcc)",
+    )
     out.add_argument("--save-plan", metavar="PLAN.json", help="write the plan used")
     out.add_argument("--report", metavar="REPORT.json", help="write the JSON report")
     out.add_argument(
@@ -180,6 +191,15 @@ def _options(args: argparse.Namespace):
     )
 
 
+def _emit_tvm(result, args: argparse.Namespace) -> None:
+    from onnx_hwprune.runtime.tvm_emit import emit_tvm
+
+    out = Path(args.output)
+    files = emit_tvm(result.model, out.with_name(out.stem + ".tvm"), args.target,
+                     cross_compiler=args.cross_compiler)  # fmt: skip
+    result.report["emitted"] = [str(f) for f in files]
+
+
 def _write_json(path: str | None, data: dict) -> None:
     from onnx_hwprune.frontends.onnx import write_bytes_atomic
 
@@ -198,6 +218,10 @@ def run(args: argparse.Namespace) -> int:
     _check_paths(args)
     opts = _options(args)
     opts.validate()
+    if args.emit == "tvm":
+        from onnx_hwprune.runtime.tvm_emit import check_emit
+
+        check_emit(args.target, args.cross_compiler)  # a missing compiler fails before any work
     bar = None if args.quiet or not opts.needs_cost_model() else ProgressBar(sys.stderr)
     try:
         result = prune(args.input, opts, progress=bar.update if bar else None)
@@ -211,6 +235,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"nothing pruned, model copied unchanged: {result.reason}")
         return 0
     write_bytes_atomic(args.output, serialize(result.model))
+    if args.emit == "tvm":
+        _emit_tvm(result, args)
     _write_json(args.report, result.report)
     _write_json(args.save_plan, result.plan.to_json())
     if not args.quiet:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -91,11 +92,17 @@ class LatencyPlanner:
         min_channels: int = 1,
         tolerance: float = 0.01,
         channel_multiple: int = 1,
+        max_group_ratio: float = 0.9,
     ) -> None:
         self.cost, self.tolerance, self.multiple = cost, tolerance, max(1, channel_multiple)
         self.map = ChannelMap(graph, groups, layer_nodes)
         self.groups = {g.name: g for g in groups.prunable if g.name in self.map.layers_of_group}
-        self.floor = {n: min(g.size, max(1, min_channels)) for n, g in self.groups.items()}
+        # A group that feeds many layers saves the most per channel: without a cap the
+        # greedy would collapse it (a residual stream pruned to 1 channel).
+        self.floor = {
+            n: min(g.size, max(1, min_channels, math.ceil(g.size * (1 - max_group_ratio) - 1e-9)))
+            for n, g in self.groups.items()
+        }
         self.order = {n: np.lexsort((np.arange(g.size), scores[n])) for n, g in self.groups.items()}
         self.loss = {n: _normalised_prefix(scores[n], self.order[n]) for n in self.groups}
 

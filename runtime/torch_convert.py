@@ -1,0 +1,174 @@
+"""ONNX -> PyTorch for the CNNs onnx-hwprune emits, so the ``cudnn`` backend can run them.
+
+Why our own converter and not onnx2torch: the graphs we time are small and regular (the
+model builders' families, their pruned variants, one-layer micro-benchmarks), a table of
+about 35 ops covers them, and the GPU machine then needs no extra wheel. An op outside
+the table raises :class:`UnsupportedOpError`; nothing is guessed.
+
+Each op handler runs once at conversion time with the node's attributes and its constant
+inputs (shapes, pads, scales, split sizes) as numpy arrays, and returns a closure over
+tensors. Shape-like values are thus plain Python at run time: no device-to-host copy in
+``forward``, which keeps the module capturable as a CUDA graph.
+
+Deployment runtimes fold a BatchNormalization that follows a Conv into the Conv's weights
+(onnxruntime does; the micro-benchmarks assume it), so :func:`fold_batchnorm` does the
+same here before conversion.
+
+Example::
+
+    module = OnnxModule(onnx_model).eval()
+    (logits,) = module(torch.randn(1, 3, 32, 32))
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+
+from onnx_hwprune.errors import UserError
+from onnx_hwprune.runtime._torch_ops import OPS, NodeInfo
+
+__all__ = ["OnnxModule", "UnsupportedOpError", "fold_batchnorm", "supported_ops"]
+
+logger = logging.getLogger(__name__)
+
+
+class UnsupportedOpError(UserError):
+    """The graph holds an op (or an op form) the converter does not implement."""
+
+
+def supported_ops() -> list[str]:
+    """Op types the converter implements."""
+    return sorted(OPS)
+
+
+@dataclass(frozen=True)
+class _Step:
+    fn: Callable[..., list]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+class OnnxModule(torch.nn.Module):
+    """A ``torch.nn.Module`` that runs an ONNX graph op by op.
+
+    Float constants become buffers (so ``.to(device)`` moves them); integer constants stay
+    on the host, as the handlers only read them at conversion time.
+
+    Args:
+        model: the ONNX model (opset 11+; static or symbolic batch).
+        fold_bn: fold Conv -> BatchNormalization pairs first, as deployments do.
+    """
+
+    def __init__(self, model: onnx.ModelProto, *, fold_bn: bool = True):
+        super().__init__()
+        model = fold_batchnorm(model) if fold_bn else model
+        graph = model.graph
+        consts = _constants(graph)
+        used = {n for node in graph.node for n in node.input} | {o.name for o in graph.output}
+        self._names: dict[str, str] = {}
+        for i, (name, value) in enumerate(consts.items()):
+            if value.dtype.kind == "f" and name in used:
+                self.register_buffer(f"c{i}", torch.from_numpy(np.array(value)))
+                self._names[name] = f"c{i}"
+        self.input_names = [i.name for i in graph.input if i.name not in consts]
+        self.output_names = [o.name for o in graph.output]
+        self._steps = [_compile(node, consts) for node in graph.node if node.op_type != "Constant"]
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Outputs in graph order."""
+        env: dict[str, torch.Tensor | None] = dict(zip(self.input_names, inputs, strict=True))
+        env[""] = None
+        for name, buf in self._names.items():
+            env[name] = getattr(self, buf)
+        for step in self._steps:
+            results = step.fn(*(env.get(n) for n in step.inputs))
+            env.update(zip(step.outputs, results, strict=True))
+        return tuple(env[n] for n in self.output_names)
+
+
+def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            attr = next(a for a in node.attribute)
+            if attr.name != "value":
+                raise UnsupportedOpError(f"Constant {node.name!r}: only 'value' is supported")
+            consts[node.output[0]] = numpy_helper.to_array(attr.t)
+    return consts
+
+
+def _compile(node: onnx.NodeProto, consts: dict[str, np.ndarray]) -> _Step:
+    handler = OPS.get(node.op_type)
+    if handler is None:
+        raise UnsupportedOpError(
+            f"node {node.name!r}: op {node.op_type} is not supported by the ONNX->torch "
+            f"converter (supported: {', '.join(supported_ops())})"
+        )
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    info = NodeInfo(node.name, attrs, [consts.get(n) for n in node.input], len(node.output))
+    try:
+        fn = handler(info)
+    except (ValueError, NotImplementedError) as exc:
+        raise UnsupportedOpError(f"node {node.name!r} ({node.op_type}): {exc}") from None
+    return _Step(fn, tuple(node.input), tuple(node.output))
+
+
+def fold_batchnorm(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` where every BatchNormalization fed only by a Conv with constant
+    weights is folded into that Conv (w' = w * s, b' = (b - mean) * s + beta)."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    users: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            users[name] = users.get(name, 0) + 1
+    producer = {o: n for n in graph.node for o in n.output}
+    keep = []
+    for node in graph.node:
+        conv = producer.get(node.input[0]) if node.op_type == "BatchNormalization" else None
+        if conv is not None and _foldable(conv, node, inits, users):
+            _fold_one(graph, conv, node, inits)
+        else:
+            keep.append(node)
+    del graph.node[:]
+    graph.node.extend(keep)
+    return model
+
+
+def _foldable(conv, bn, inits, users) -> bool:
+    return (
+        conv.op_type == "Conv"
+        and users.get(conv.output[0]) == 1
+        and len(bn.output) == 1
+        and all(n in inits for n in [*conv.input[1:], *bn.input[1:]])
+    )
+
+
+def _fold_one(graph, conv, bn, inits) -> None:
+    w = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
+    gamma, beta, mean, var = (
+        numpy_helper.to_array(inits[n]).astype(np.float64) for n in bn.input[1:5]
+    )
+    eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+    scale = gamma / np.sqrt(var + eps)
+    b = numpy_helper.to_array(inits[conv.input[2]]) if len(conv.input) > 2 else np.zeros_like(mean)
+    dtype = numpy_helper.to_array(inits[conv.input[1]]).dtype
+    w_name, b_name = f"{conv.name}.bnfold.W", f"{conv.name}.bnfold.B"
+    graph.initializer.extend([
+        numpy_helper.from_array((w * scale.reshape(-1, *[1] * (w.ndim - 1))).astype(dtype), w_name),
+        numpy_helper.from_array(((b - mean) * scale + beta).astype(dtype), b_name),
+    ])  # fmt: skip
+    conv.input[1] = w_name
+    if len(conv.input) > 2:
+        conv.input[2] = b_name
+    else:
+        conv.input.append(b_name)
+    conv.output[0] = bn.output[0]
