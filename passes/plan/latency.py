@@ -104,7 +104,8 @@ class LatencyPlanner:
             for n, g in self.groups.items()
         }
         self.order = {n: np.lexsort((np.arange(g.size), scores[n])) for n, g in self.groups.items()}
-        self.loss = {n: _normalised_prefix(scores[n], self.order[n]) for n in self.groups}
+        scale = _global_mean(scores, self.groups)
+        self.loss = {n: _normalised_prefix(scores[n], self.order[n], scale) for n in self.groups}
 
     # -- the cost of counts -------------------------------------------------------------
     def _layers_ms(self, layers: list[LayerChannels], removed: Mapping[str, int]) -> float:
@@ -230,12 +231,24 @@ class LatencyPlanner:
         )
 
 
-def _normalised_prefix(scores: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """``loss[k]``: importance lost by removing the k weakest channels, normalised by the
-    group's mean so groups of different layers are comparable (as in ``global``)."""
+def _global_mean(scores: Mapping[str, np.ndarray], groups: Mapping[str, object]) -> float:
+    values = np.concatenate(
+        [np.asarray(scores[n], dtype=np.float64) for n in groups] or [np.ones(1)]
+    )
+    mean = float(values.mean())
+    return mean if mean > 0 else 1.0
+
+
+def _normalised_prefix(scores: np.ndarray, order: np.ndarray, scale: float) -> np.ndarray:
+    """``loss[k]``: importance lost by removing the k weakest channels of a group.
+
+    One scale for all groups (the mean over every prunable channel), not one per group:
+    a criterion sums a channel's score over the group's producers, so a residual stream
+    that four convs write to weighs four times a plain channel; a per-group mean would
+    erase that and let the planner gut the stream that the most layers depend on.
+    """
     s = np.asarray(scores, dtype=np.float64)
-    mean = s.mean() if s.size and s.mean() > 0 else 1.0
-    return np.concatenate([[0.0], np.cumsum(s[order] / mean)])
+    return np.concatenate([[0.0], np.cumsum(s[order] / scale)])
 
 
 def _planner(mod: Module, ctx: PassContext) -> LatencyPlanner:
