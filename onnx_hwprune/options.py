@@ -32,7 +32,7 @@ class PruneOptions:
     plan: Plan | None = None
     snap: bool = False
     target: str = DEFAULT_TARGET
-    latency_budget: LatencyBudget | None = None
+    latency_budget: LatencyBudget | str | None = None
     threads: int | None = None
     profile_db: str | os.PathLike | None = None
     measure: bool = True
@@ -44,6 +44,12 @@ class PruneOptions:
     ridge: float = 1e-3
     eval_data: str | os.PathLike | None = None
     input_shapes: Mapping[str, Sequence[int]] | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        # The API takes a budget as text too ("0.6", "12ms"), as the CLI does.
+        budget = self.latency_budget
+        if isinstance(budget, str | float | int):
+            object.__setattr__(self, "latency_budget", LatencyBudget.parse(str(budget)))
 
     def resolved_method(self) -> str:
         if self.plan is not None:

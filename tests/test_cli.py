@@ -174,3 +174,49 @@ def test_model_without_prunable_layer_comes_out_unchanged(tmp_path):
 def test_help_lists_verbs():
     proc = cli("--help")
     assert proc.returncode == 0 and "analyze" in proc.stdout and "prune" in proc.stdout
+
+
+def test_bad_budgets_and_targets(model_path, tmp_path):
+    out = tmp_path / "out.onnx"
+    for budget in ("0", "-0.5", "1.5", "abc", "0ms", "-3ms"):
+        assert_bad_input(
+            cli(str(model_path), str(out), "--latency-budget", budget), "--latency-budget"
+        )
+    assert_bad_input(cli(str(model_path), str(out), "--target", "nosuchdevice"), "invalid choice")
+    assert_bad_input(
+        cli(str(model_path), str(out), "--ratio", "0.3", "--latency-budget", "0.5"),
+        "--latency-budget",
+    )
+    assert not out.exists()
+
+
+def test_missing_cross_compiler_fails_before_writing(model_path, tmp_path):
+    out = tmp_path / "out.onnx"
+    proc = cli(str(model_path), str(out), "--ratio", "0.3", "--target", "mali", "--emit", "tvm",
+               "--cross-compiler", str(tmp_path / "no-such-gcc"))  # fmt: skip
+    assert_bad_input(proc, "cross compiler")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_recover_without_calibration_is_refused(model_path, tmp_path):
+    out = tmp_path / "out.onnx"
+    assert_bad_input(
+        cli(str(model_path), str(out), "--ratio", "0.3", "--recover", "lsq"), "--calib"
+    )
+    assert_bad_input(
+        cli(str(model_path), str(out), "--ratio", "0.3", "--criterion", "apoz"), "--calib"
+    )
+
+
+def test_mali_without_a_board_plans_from_the_estimate(model_path, tmp_path):
+    out, report = tmp_path / "out.onnx", tmp_path / "r.json"
+    proc = cli(str(model_path), str(out), "--target", "mali", "--report", str(report))
+    assert proc.returncode == 0, proc.stderr
+    assert "estimate" in proc.stderr  # warned once
+    latency = json.loads(report.read_text())["latency"]
+    assert "measured" not in latency
+    provenances = {
+        p for layer in latency["predicted"]["layers"].values() for p in layer["provenance"]
+    }
+    assert provenances == {"estimated"}
+    assert latency["predicted"]["network_ms"][1] <= 0.7 * latency["predicted"]["network_ms"][0]

@@ -86,6 +86,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="also write the network cost model as JSON",
     )
+    from onnx_hwprune.runtime.tvm_rpc import add_rpc_arguments
+
+    add_rpc_arguments(parser)  # --rpc-tracker/--rpc-key: measure on remote boards
 
 
 def run(args: argparse.Namespace) -> int:
@@ -131,19 +134,30 @@ def _profile(db, args: argparse.Namespace) -> int:
         raise UserError(f"input model {args.source} not found")
     if args.threads is not None and args.threads < 1:
         raise UserError("--threads must be at least 1")
-    target = get_target(args.target)
-    extra = {"tune_trials": args.tune_trials} if args.tune_trials else {}
-    backend = target.make_backend(threads=args.threads, **extra)
+    from onnx_hwprune.frontends.onnx import normalize_model, with_static_inputs
+    from onnx_hwprune.runtime.rpc_boards import profile_through_tracker
+    from onnx_hwprune.runtime.tvm_rpc import rpc_options_from_args
+
+    source = with_static_inputs(normalize_model(args.source))  # symbolic batch -> 1
     options = ProfileOptions(exhaustive=args.exhaustive, time_budget_s=args.time_budget)
+    rpc = rpc_options_from_args(args)
     bar = ProgressBar(sys.stderr)
     try:
-        cost = build_cost_model(args.source, backend, args.target, db, options, bar.update)
+        if rpc is not None:  # boards behind a tracker: no local backend (mali has none)
+            cost = profile_through_tracker(source, args.target, rpc, db, options, bar.update)
+            source_text = f"measured on boards under key {rpc.key!r} at {rpc.tracker}"
+        else:
+            target = get_target(args.target)
+            extra = {"tune_trials": args.tune_trials} if args.tune_trials else {}
+            backend = target.make_backend(threads=args.threads, **extra)
+            cost = build_cost_model(source, backend, args.target, db, options, bar.update)
+            source_text = target.source
     except BudgetExceeded as exc:
         bar.finish()
         print(f"{exc}; {bar.measured} new measurements saved in {db.path}; rerun to resume")
         return 3
     bar.finish()
-    _print_summary(cost, target.source, bar)
+    _print_summary(cost, source_text, bar)
     if args.json:
         args.json.write_text(json.dumps(cost.to_dict(), indent=1), encoding="utf-8")
     if args.plot:
