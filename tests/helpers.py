@@ -68,3 +68,30 @@ def zero_preserving(model: onnx.ModelProto, group: ChannelGroup) -> bool:
 def group_of(groups: ChannelGroups, tensor: str, axis: int = 1) -> list[ChannelGroup]:
     """The groups that have a member on ``(tensor, axis)``."""
     return [g for g in groups if (tensor, axis) in g.spaces()]
+
+
+def tiny_cnn(size: int) -> onnx.ModelProto:
+    """conv(3->8)+Relu -> conv(8->8)+Relu -> GAP -> Flatten -> Gemm(8->4) on size x size."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    shapes = (("w0", (8, 3, 3, 3)), ("w1", (8, 8, 3, 3)), ("wf", (4, 8)))
+    weights = [
+        numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n) for n, s in shapes
+    ]
+    conv = dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["c0"], name="conv0", **conv),
+        helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+        helper.make_node("Conv", ["r0", "w1"], ["c1"], name="conv1", **conv),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("GlobalAveragePool", ["r1"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "wf"], ["y"], name="fc", transB=1),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, size, size])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph(nodes, "tiny", [x], [y], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    return model

@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+
 from onnx_hwprune.frontends.builders import IR_VERSION, GraphBuilder
 from onnx_hwprune.frontends.builders.families import FAMILIES, INPUT_SHAPE, output_shape
 from onnx_hwprune.frontends.builders.networks import NETWORKS, NUM_CLASSES

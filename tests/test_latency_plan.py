@@ -55,7 +55,8 @@ def _expected_edges(group) -> list[int]:
     """Edges of the 8x8 staircase in group counts, descending (closed form)."""
     widths = {len(m.index_map[0]) for m in group.members}
     if widths == {1}:  # one position per channel: a step every 8 channels
-        return sorted({min(group.size, math.ceil(c / 8) * 8) for c in range(1, group.size + 1)}, reverse=True)
+        counts = {min(group.size, math.ceil(c / 8) * 8) for c in range(1, group.size + 1)}
+        return sorted(counts, reverse=True)
     assert widths == {1, 16}  # flattened into 16 features: every channel crosses 2 steps
     return list(range(group.size, 0, -1))
 
@@ -168,7 +169,7 @@ def test_channel_multiple_makes_other_counts_infeasible(vgg):
     full = planner.predict({})
     plan = planner.plan_to_budget(full * 0.5)
     assert plan.meta["predicted_ms"] <= full * 0.5
-    for name, gp in plan.groups.items():
+    for gp in plan.groups.values():
         assert len(gp.keep) % 4 == 0 or len(gp.keep) == gp.size
     odd = uniform_plan(groups, scores, 0.3)  # counts like 23 of 32: not multiples of 4
     snapped = planner.snap(odd, scores)

@@ -17,9 +17,9 @@ import sys
 import threading
 import time
 
-import numpy as np
 import onnx
 import pytest
+from helpers import tiny_cnn
 
 from onnx_hwprune.cost_models.profile_db import ProfileDB
 from onnx_hwprune.cost_models.staircase import SearchConfig
@@ -119,28 +119,7 @@ def servers(tracker, request):
 
 def tiny_model() -> onnx.ModelProto:
     """conv(3->8)+Relu -> conv(8->8)+Relu -> GAP -> Flatten -> Gemm(8->4), 8x8 input."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    w = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
-         for n, s in (("w0", (8, 3, 3, 3)), ("w1", (8, 8, 3, 3)), ("wf", (4, 8)))]  # fmt: skip
-    conv = dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1])
-    nodes = [
-        helper.make_node("Conv", ["x", "w0"], ["c0"], name="conv0", **conv),
-        helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
-        helper.make_node("Conv", ["r0", "w1"], ["c1"], name="conv1", **conv),
-        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
-        helper.make_node("GlobalAveragePool", ["r1"], ["g"], name="gap"),
-        helper.make_node("Flatten", ["g"], ["f"], name="flat"),
-        helper.make_node("Gemm", ["f", "wf"], ["y"], name="fc", transB=1),
-    ]
-    graph = helper.make_graph(
-        nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], w,
-    )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 10
-    return model
+    return tiny_cnn(8)
 
 
 def _profile(tracker, key, db, progress=None):
