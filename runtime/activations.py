@@ -14,6 +14,7 @@ A reducer is any callable ``(tensor_name, array) -> None``.
 
 from __future__ import annotations
 
+import abc
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
@@ -140,7 +141,7 @@ def collect_activations(
     return samples
 
 
-class ChannelReducer:
+class ChannelReducer(abc.ABC):
     """Base for per-channel running statistics over axis 1 (NCHW, or [N, F] features).
 
     Sums are kept in float64 per tensor name; subclasses say what to sum.
@@ -158,8 +159,9 @@ class ChannelReducer:
         self._sums[name] = self._sums.get(name, 0) + partial
         self._counts[name] = self._counts.get(name, 0) + array.size // array.shape[1]
 
+    @abc.abstractmethod
     def _reduce(self, array: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
-        raise NotImplementedError
+        """This reducer's partial sum over ``axes`` of one batch."""
 
     def result(self, name: str) -> np.ndarray:
         """The per-channel statistic of ``name``, float64 [C]."""

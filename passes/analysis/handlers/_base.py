@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import abc
+
 import onnx_graphsurgeon as gs
 
 from onnx_hwprune.passes.analysis._context import CoupleContext, RewriteContext, static_shape
@@ -9,11 +11,11 @@ from onnx_hwprune.passes.analysis._context import CoupleContext, RewriteContext,
 __all__ = ["Handler", "couple_passthrough", "optional_input", "used", "rank"]
 
 
-class Handler:
+class Handler(abc.ABC):
     """Base for handlers whose rewrite has nothing to fix (the common case)."""
 
-    def couple(self, node: gs.Node, ctx: CoupleContext) -> None:
-        raise NotImplementedError(type(self).__name__)  # every registered handler overrides
+    @abc.abstractmethod
+    def couple(self, node: gs.Node, ctx: CoupleContext) -> None: ...
 
     def rewrite(self, node: gs.Node, ctx: RewriteContext) -> None:
         return None
