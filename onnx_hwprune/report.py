@@ -72,6 +72,44 @@ def _ratio(pair: list[int]) -> str:
     )
 
 
+_SLOWER_WARNING = (
+    "WARNING: the pruned model measured SLOWER than the original on this host; re-profile "
+    "on a quiet machine (--threads 1) or use --snap"
+)
+
+
+def _latency_lines(report: dict[str, Any]) -> list[str]:
+    latency = report.get("latency")
+    if not latency:
+        return []
+    before, after = latency["predicted"]["network_ms"]
+    target, source = latency["predicted"]["target"], latency["predicted"]["source"]
+    lines = [f"latency on {target}, predicted: {before:.3f} ms -> {after:.3f} ms "
+             f"({before / after:.2f}x; {source})"]  # fmt: skip
+    measured = latency.get("measured")
+    if measured:
+        m0, m1 = measured["original"]["median_ms"], measured["pruned"]["median_ms"]
+        lines.append(f"latency measured here:  {m0:.3f} ms -> {m1:.3f} ms ({m0 / m1:.2f}x)")
+        if m1 > m0:
+            # The one outcome this tool exists to prevent: say it, never hide it.
+            lines.append(_SLOWER_WARNING)
+    return lines
+
+
+def _accuracy_lines(report: dict[str, Any]) -> list[str]:
+    accuracy = report.get("accuracy")
+    if not accuracy:
+        return []
+    lines = []
+    if "top1" in accuracy:
+        top0, top1 = accuracy["top1"]
+        lines.append(
+            f"top-1 on {accuracy['samples']} samples: {100 * top0:.2f}% -> {100 * top1:.2f}%"
+        )
+    lines.append(f"agreement with the original: {100 * accuracy['agreement']:.2f}%")
+    return lines
+
+
 def format_summary(report: dict[str, Any], max_rows: int = 12) -> str:
     net, groups = report["network"], report["groups"]
     lines = [
@@ -79,6 +117,8 @@ def format_summary(report: dict[str, Any], max_rows: int = 12) -> str:
         f"{len(groups['frozen'])} frozen)",
         f"params: {_ratio(net['params'])}",
         f"MACs:   {_ratio(net['macs'])}",
+        *_latency_lines(report),
+        *_accuracy_lines(report),
         "",
         f"{'layer':40s} {'op':8s} {'in':>11s} {'out':>11s}",
     ]
