@@ -37,9 +37,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from onnx_hwprune.cost_models.signature import Layer, LayerSignature
+from onnx_hwprune.cost_models.signature import Layer, LayerSignature, layer_shapes
 from onnx_hwprune.cost_models.staircase import Estimate
-from onnx_hwprune.runtime.backend import Backend
 
 __all__ = [
     "GPUS",
@@ -47,10 +46,8 @@ __all__ = [
     "MaliCostModel",
     "MaliGpu",
     "MaliLayer",
-    "analytic_cost_model",
+    "analytic_from_layers",
     "layer_ms",
-    "mali_cost_model",
-    "measured_cost_model",
 ]
 
 logger = logging.getLogger(__name__)
@@ -143,8 +140,6 @@ def _reduction_s(outputs: int, taps: int, gpu: MaliGpu) -> float:
 
 def layer_ms(sig: LayerSignature, in_ch: int, out_ch: int, gpu: MaliGpu = MALI_G72_MP12) -> float:
     """Estimated latency (ms) of one layer at (``in_ch``, ``out_ch``) on ``gpu``."""
-    from onnx_hwprune.runtime.microbench import layer_shapes
-
     xshape, wshape, group = layer_shapes(sig, in_ch, out_ch)
     hw, taps = _out_hw(sig), math.prod(sig.kernel) if sig.kernel else 1
     n_out = wshape[0] if sig.op in ("Conv", "Gemm") else wshape[-1] * group
@@ -241,91 +236,15 @@ class MaliCostModel:
         }  # fmt: skip
 
 
-def analytic_cost_model(source, gpu: str | MaliGpu = "mali-g72-mp12") -> MaliCostModel:
-    """The analytic model of ``source`` (path or ``ModelProto``; batch 1 where symbolic)."""
+def analytic_from_layers(
+    layers: list[Layer], other_ops: int, gpu: str | MaliGpu = "mali-g72-mp12"
+) -> MaliCostModel:
+    """The analytic model of a network given its layers and its count of other kernels
+    (each pays one launch). ``runtime/mali_models.py`` builds these from ONNX models."""
     from onnx_hwprune.errors import UserError
-    from onnx_hwprune.runtime.profiler import load_model_and_layers
 
     spec = gpu if isinstance(gpu, MaliGpu) else GPUS.get(gpu)
     if spec is None:
         raise UserError(f"unknown Mali GPU {gpu!r}; known: {', '.join(GPUS)}")
-    model, layers = load_model_and_layers(_static(source))
-    entries = tuple(_entry(layer) for layer in layers)
-    others = sum(1 for n in model.graph.node if n.op_type not in _LAYER_OPS | _FUSED)
-    return MaliCostModel("mali", spec, entries, others * LAUNCH_S * 1e3)
-
-
-def _entry(layer: Layer) -> MaliLayer:
-    return MaliLayer(layer.node, layer.signature, layer.in_channels, layer.out_channels)
-
-
-def _static(source):
-    import onnx
-
-    from onnx_hwprune.frontends.onnx import with_static_inputs
-
-    model = source if isinstance(source, onnx.ModelProto) else onnx.load(str(source))
-    return with_static_inputs(model)
-
-
-def mali_cost_model(source, db=None, gpu: str | MaliGpu = "mali-g72-mp12", target: str = "mali"):
-    """Measured model from ``db`` when a board's measurements cover ``source``; else the
-    analytic estimate. Callers tell them apart by ``provenance`` / ``source``."""
-    measured = measured_cost_model(source, db, target) if db is not None else None
-    if measured is not None:
-        logger.info("mali: using board measurements %s", measured.fingerprint_hash)
-        return measured
-    return analytic_cost_model(source, gpu)
-
-
-class _NotStored(Exception):
-    """A point the database does not hold (the stored board cannot be asked)."""
-
-
-def measured_cost_model(source, db, target: str = "mali"):
-    """A ``NetworkCostModel`` rebuilt purely from ``db`` for the first board stored under
-    ``target`` whose measurements cover every layer, or ``None`` when none does.
-
-    The staircase search is replayed against the stored points, so it needs the points
-    a default ``profile`` run measured; a calibration stored with them is reused, else
-    the residual is the analytic one and the per-layer scales are 1.
-    """
-    from onnx_hwprune.cost_models.network import LayerEntry, NetworkCostModel
-    from onnx_hwprune.runtime.profiler import load_model_and_layers, model_key, profile_layers
-
-    model, layers = load_model_and_layers(_static(source))
-    for _, fp_hash, fingerprint in db.devices(target):
-        backend = _StoredBoard(fingerprint, fp_hash)
-        try:
-            models = profile_layers(layers, backend, target, db)
-        except _NotStored:
-            continue
-        cal = db.get_calibration(target, fp_hash, model_key(model)) or {}
-        scales = cal.get("scales", {})
-        residual = cal.get("residual_ms", analytic_cost_model(source).residual_ms)
-        entries = tuple(
-            LayerEntry(l.node, l.in_channels, l.out_channels,  # noqa: E741
-                       models[(l.signature.key(), l.in_channels, l.out_channels)],
-                       scales.get(l.node, 1.0))
-            for l in layers  # noqa: E741
-        )  # fmt: skip
-        return NetworkCostModel(target, fp_hash, entries, residual, cal.get("total_ms"))
-    return None
-
-
-class _StoredBoard(Backend):
-    """Answers from the database only; asking for a new point raises :class:`_NotStored`."""
-
-    name = "stored-board"
-
-    def __init__(self, fingerprint: dict, fp_hash: str):
-        self._fingerprint, self._hash = fingerprint, fp_hash
-
-    def fingerprint(self) -> dict:
-        return self._fingerprint
-
-    def fingerprint_hash(self) -> str:
-        return self._hash
-
-    def prepare(self, model):
-        raise _NotStored(self._hash)
+    entries = tuple(MaliLayer(x.node, x.signature, x.in_channels, x.out_channels) for x in layers)
+    return MaliCostModel("mali", spec, entries, other_ops * LAUNCH_S * 1e3)

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 
 import onnx_graphsurgeon as gs
 
-__all__ = ["Layer", "LayerSignature", "extract_layers"]
+__all__ = ["Layer", "LayerSignature", "extract_layers", "layer_shapes"]
 
 logger = logging.getLogger(__name__)
 
@@ -249,3 +249,22 @@ def _reaches_output(node: gs.Node, graph_outputs: set[str]) -> bool:
 
 def _replace(sig: LayerSignature, **changes) -> LayerSignature:
     return dataclasses.replace(sig, **changes)
+
+
+def layer_shapes(sig: LayerSignature, in_ch: int, out_ch: int):
+    """(input shape, weight shape, group) of the layer at (in_ch, out_ch)."""
+    if sig.op in ("Gemm", "MatMul"):
+        x = (sig.batch, *sig.input_hw, in_ch)
+        w = (out_ch, in_ch) if sig.op == "Gemm" else (in_ch, out_ch)
+        return x, w, 1
+    group = 1
+    if sig.group_kind == "depthwise":
+        group, out_ch = in_ch, in_ch * sig.multiplier
+    elif sig.group_kind == "grouped":
+        group = in_ch // sig.in_per_group
+    x = (sig.batch, in_ch, *sig.input_hw)
+    if sig.op == "Conv":
+        w = (out_ch, in_ch // group, *sig.kernel)
+    else:
+        w = (in_ch, out_ch // group, *sig.kernel)
+    return x, w, group

@@ -45,7 +45,7 @@ def cost_model(opts: PruneOptions, source: onnx.ModelProto, progress: Callable |
 
 
 def _mali(static: onnx.ModelProto, db):
-    from onnx_hwprune.cost_models.mali import mali_cost_model
+    from onnx_hwprune.runtime.mali_models import mali_cost_model
 
     cost = mali_cost_model(static, db)
     if getattr(cost, "provenance", "") == "estimated":

@@ -20,7 +20,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx_hwprune.cost_models.profile_db import Measurement, ProfileDB
-from onnx_hwprune.cost_models.signature import LayerSignature
+from onnx_hwprune.cost_models.signature import LayerSignature, layer_shapes
 from onnx_hwprune.runtime.backend import Backend
 from onnx_hwprune.runtime.timing import TimingConfig, measure
 
@@ -32,25 +32,6 @@ _OPSET = 17
 _IR_VERSION = 10  # onnx 1.23 writes IR 14 by default; onnxruntime 1.31 reads at most 13.
 _CHUNK_BYTES = 1 << 30
 _DTYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16}
-
-
-def layer_shapes(sig: LayerSignature, in_ch: int, out_ch: int):
-    """(input shape, weight shape, group) of the layer at (in_ch, out_ch)."""
-    if sig.op in ("Gemm", "MatMul"):
-        x = (sig.batch, *sig.input_hw, in_ch)
-        w = (out_ch, in_ch) if sig.op == "Gemm" else (in_ch, out_ch)
-        return x, w, 1
-    group = 1
-    if sig.group_kind == "depthwise":
-        group, out_ch = in_ch, in_ch * sig.multiplier
-    elif sig.group_kind == "grouped":
-        group = in_ch // sig.in_per_group
-    x = (sig.batch, in_ch, *sig.input_hw)
-    if sig.op == "Conv":
-        w = (out_ch, in_ch // group, *sig.kernel)
-    else:
-        w = (in_ch, out_ch // group, *sig.kernel)
-    return x, w, group
 
 
 def build_layer_model(

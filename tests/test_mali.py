@@ -10,17 +10,11 @@ from pathlib import Path
 import onnx
 import pytest
 
-from onnx_hwprune.cost_models.mali import (
-    MALI_G72_MP12,
-    TILE_N,
-    MaliCostModel,
-    analytic_cost_model,
-    layer_ms,
-    mali_cost_model,
-)
+from onnx_hwprune.cost_models.mali import MALI_G72_MP12, TILE_N, MaliCostModel, layer_ms
 from onnx_hwprune.cost_models.profile_db import ProfileDB
 from onnx_hwprune.cost_models.signature import LayerSignature
 from onnx_hwprune.runtime.backend import Backend, Runnable
+from onnx_hwprune.runtime.mali_models import analytic_cost_model, mali_cost_model
 from onnx_hwprune.runtime.profiler import build_cost_model
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "digits_resnet.onnx"
