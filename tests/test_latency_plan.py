@@ -176,3 +176,23 @@ def test_channel_multiple_makes_other_counts_infeasible(vgg):
     for name, gp in odd.groups.items():
         n = len(snapped.groups[name].keep)
         assert n >= len(gp.keep) and (n % 4 == 0 or n == gp.size)
+
+
+def test_pass_reads_max_group_ratio_from_the_context(vgg):
+    """``plan.max_group_ratio`` caps what the latency planning pass removes per group."""
+    from types import SimpleNamespace
+
+    from onnx_hwprune.passes._infra import Module, PassContext
+    from onnx_hwprune.passes.plan.budget import LatencyBudget
+    from onnx_hwprune.passes.plan.latency import LatencyPlannerPass
+
+    graph, groups, scores, layers = vgg
+    cost = _stair_cost(layers, step=1)
+    cost.layers = [SimpleNamespace(node=n) for n in layers]
+    mod = Module(graph, groups, scores)
+    for cap in (0.5, 0.8):
+        ctx = PassContext(cost_model=cost, config={"plan.max_group_ratio": cap})
+        plan = LatencyPlannerPass(LatencyBudget(fraction=0.01))(mod, ctx).plan
+        assert plan.groups
+        for name, gp in plan.groups.items():
+            assert len(gp.keep) == math.ceil(gp.size * (1 - cap) - 1e-9), (cap, name)

@@ -256,9 +256,8 @@ def _planner(mod: Module, ctx: PassContext) -> LatencyPlanner:
     if cost is None:
         raise PassError("latency planning needs PassContext(cost_model=...) for the target")
     nodes = [entry.node for entry in cost.layers]
-    settings = [
-        ctx.get(f"plan.{k}") for k in ("min_channels", "stair_tolerance", "channel_multiple")
-    ]
+    keys = ("min_channels", "stair_tolerance", "channel_multiple", "max_group_ratio")
+    settings = [ctx.get(f"plan.{k}") for k in keys]
     return LatencyPlanner(mod.graph, mod.groups, mod.scores, cost, nodes, *settings)
 
 
