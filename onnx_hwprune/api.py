@@ -27,9 +27,9 @@ from onnx_hwprune.passes.analysis.channel_groups import ChannelGroupAnalysis
 from onnx_hwprune.passes.analysis.data_importance import DATA_CRITERIA
 from onnx_hwprune.passes.analysis.importance import ChannelImportance
 from onnx_hwprune.passes.analysis.stats import model_stats
-from onnx_hwprune.passes.plan.baselines import PLANNERS
-from onnx_hwprune.passes.plan.latency import LatencyPlannerPass, SnapPass
-from onnx_hwprune.passes.transform.remove_channels import RemoveChannels, UsePlan
+from onnx_hwprune.passes.plan.latency import SnapPass
+from onnx_hwprune.passes.plan.methods import PlanRequest, get_method
+from onnx_hwprune.passes.transform.remove_channels import RemoveChannels
 from onnx_hwprune.report import build_report
 
 __all__ = ["PruneResult", "prune", "planning_passes"]
@@ -49,16 +49,9 @@ class PruneResult:
 
 def planning_passes(opts: PruneOptions) -> list[Pass]:
     """The passes from channel scores to a plan, for the resolved method."""
-    method = opts.resolved_method()
-    if method == "plan":
-        passes: list[Pass] = [UsePlan(opts.plan)]
-    elif method == "latency":
-        passes = [LatencyPlannerPass(opts.effective_budget)]
-    elif method in PLANNERS:
-        passes = [PLANNERS[method](opts.effective_ratio)]
-    else:
-        raise ValueError(f"unknown method {method!r}")
-    return passes + ([SnapPass()] if opts.snap else [])
+    method = get_method(opts.resolved_method())
+    request = PlanRequest(opts.effective_ratio, opts.effective_budget, opts.plan)
+    return [method.make(request)] + ([SnapPass()] if opts.snap else [])
 
 
 def prune(
@@ -119,7 +112,7 @@ def _target_config(opts: PruneOptions, ctx: PassContext) -> dict[str, Any]:
 def _plan(
     opts: PruneOptions, mod: Module, source: onnx.ModelProto, factory, ctx: PassContext
 ) -> Module:
-    if opts.resolved_method() != "plan" or opts.snap:
+    if get_method(opts.resolved_method()).needs_scores or opts.snap:
         if opts.criterion in DATA_CRITERIA:
             mod = mod.replace(scores=_data.data_scores(opts, source, mod.groups, factory))
         else:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from onnx_hwprune.errors import UserError
 from onnx_hwprune.passes.plan.budget import LatencyBudget
+from onnx_hwprune.passes.plan.methods import METHODS, Method, choosable_methods
 from onnx_hwprune.passes.plan.plan import Plan
 
 __all__ = ["PruneOptions", "DEFAULT_BUDGET", "DEFAULT_RATIO", "DEFAULT_TARGET"]
@@ -66,18 +67,25 @@ class PruneOptions:
     def effective_budget(self) -> LatencyBudget:
         return self.latency_budget or DEFAULT_BUDGET
 
+    def method_record(self) -> Method:
+        """The resolved method's registry entry (``passes.plan.methods``)."""
+        method = self.resolved_method()
+        if method not in METHODS:
+            raise UserError(f"unknown method {method!r}; choose from {choosable_methods()}")
+        return METHODS[method]
+
     def needs_cost_model(self) -> bool:
-        return self.resolved_method() == "latency" or self.snap
+        return self.method_record().needs_cost_model or self.snap
 
     def validate(self) -> None:
-        method = self.resolved_method()
+        method, drive = self.resolved_method(), self.method_record().drive
         if self.ratio is not None and not 0.0 <= self.ratio < 1.0:
             raise UserError(f"ratio must be in [0, 1), got {self.ratio}")
-        if method == "latency" and self.ratio is not None:
+        if drive == "budget" and self.ratio is not None:
             raise UserError(
-                "--ratio and --method latency exclude each other: give --latency-budget"
+                f"--ratio and --method {method} exclude each other: give --latency-budget"
             )
-        if self.latency_budget is not None and method in ("uniform", "global"):
+        if self.latency_budget is not None and drive == "ratio":
             raise UserError(f"--latency-budget needs --method latency, not {method}")
         if self.recover is not None and self.calib is None:
             raise UserError(f"--recover {self.recover} needs calibration data (--calib)")
@@ -86,7 +94,7 @@ class PruneOptions:
         """The options as recorded in reports (paths as given, no data)."""
         return {
             "method": self.resolved_method(),
-            "ratio": self.ratio if self.resolved_method() in ("uniform", "global") else None,
+            "ratio": self.ratio if self.method_record().drive == "ratio" else None,
             "criterion": self.criterion,
             "snap": self.snap,
             "target": self.target,

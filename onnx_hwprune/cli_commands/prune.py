@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from onnx_hwprune.options import DEFAULT_BUDGET, DEFAULT_RATIO, DEFAULT_TARGET
     from onnx_hwprune.passes.analysis.data_importance import DATA_CRITERIA
     from onnx_hwprune.passes.analysis.importance import CRITERIA
-    from onnx_hwprune.passes.plan.baselines import PLANNERS
+    from onnx_hwprune.passes.plan.methods import METHODS, choosable_methods
     from onnx_hwprune.runtime.recovery import RECOVERY_METHODS
     from onnx_hwprune.runtime.targets import target_names
 
@@ -52,9 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     how = parser.add_argument_group("what to prune")
     how.add_argument(
         "--method",
-        choices=sorted([*PLANNERS, "latency"]),
-        help="latency (default): most importance kept under --latency-budget on the target; "
-        "uniform/global: hardware-blind baselines driven by --ratio",
+        choices=choosable_methods(),
+        help="; ".join(f"{m}: {METHODS[m].help}" for m in choosable_methods()),
     )
     how.add_argument(
         "--latency-budget",

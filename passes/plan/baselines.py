@@ -23,7 +23,7 @@ from onnx_hwprune.passes._infra import Module, Pass, PassContext, PassError
 from onnx_hwprune.passes.analysis.groups import ChannelGroups
 from onnx_hwprune.passes.plan.plan import GroupPlan, Plan
 
-__all__ = ["PLANNERS", "GlobalPlanner", "UniformPlanner", "global_plan", "keep_top", "uniform_plan"]
+__all__ = ["GlobalPlanner", "UniformPlanner", "global_plan", "keep_top", "uniform_plan"]
 
 
 def keep_top(scores: np.ndarray, n_keep: int) -> tuple[int, ...]:
@@ -118,5 +118,3 @@ class GlobalPlanner(_BaselinePlanner):
         )
         return mod.replace(plan=plan)
 
-
-PLANNERS: dict[str, type[_BaselinePlanner]] = {"uniform": UniformPlanner, "global": GlobalPlanner}

@@ -27,7 +27,7 @@ from onnx_hwprune.passes.analysis.channel_groups import graph_opset
 from onnx_hwprune.passes.analysis.groups import ChannelGroups
 from onnx_hwprune.passes.plan.plan import Plan
 
-__all__ = ["RemoveChannels", "UsePlan", "kept_positions", "remove_channels"]
+__all__ = ["RemoveChannels", "kept_positions", "remove_channels"]
 
 log = logging.getLogger(__name__)
 
@@ -85,23 +85,6 @@ def _update_shapes(tensors: dict[str, gs.Tensor], kept: dict[tuple[str, int], np
             shape = list(tensor.shape)
             shape[axis] = len(positions)
             tensor.shape = shape
-
-
-class UsePlan(Pass):
-    """Put a given plan (loaded from JSON, made elsewhere) into the module, validated."""
-
-    name = "UsePlan"
-
-    def __init__(self, plan: Plan) -> None:
-        self.plan = plan
-
-    def requires(self, mod: Module) -> None:
-        if mod.groups is None:
-            raise PassError(f"{self.name} needs ChannelGroupAnalysis first")
-
-    def run(self, mod: Module, ctx: PassContext) -> Module:
-        self.plan.validate(mod.groups)
-        return mod.replace(plan=self.plan)
 
 
 class RemoveChannels(Pass):
