@@ -8,7 +8,9 @@ Modelled on TVM's ``Sequential``/``PassContext`` and onnx ir-py's pass classes:
   had already run;
 - :class:`PassContext` (``with PassContext(...):``, read by ``PassContext.current()``)
   carries what is shared by all passes: target, seed, instruments and typed, registered,
-  dotted config keys. An unknown key is an error that lists the candidates.
+  dotted config keys. An unknown key is an error that lists the candidates;
+- instruments see every pass run; with ``verify.each_pass`` the :class:`VerifierInstrument`
+  checks the model (ONNX checker + strict shape inference) after each pass (debug mode).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ __all__ = [
     "ConfigKey",
     "CONFIG_KEYS",
     "TimingInstrument",
+    "VerifierInstrument",
 ]
 
 log = logging.getLogger(__name__)
@@ -145,12 +148,13 @@ class Pass(abc.ABC):
     def __call__(self, mod: Module, ctx: PassContext | None = None) -> Module:
         ctx = ctx or PassContext.current()
         self.requires(mod)
-        for instrument in ctx.instruments:
+        instruments = _instruments(ctx)
+        for instrument in instruments:
             instrument.run_before_pass(mod, self)
         out = self.run(mod, ctx)
         if out is mod:
             raise PassError(f"pass {self.name} returned its input; passes must return a new Module")
-        for instrument in ctx.instruments:
+        for instrument in instruments:
             instrument.run_after_pass(out, self)
         return out
 
@@ -192,3 +196,33 @@ class TimingInstrument:
 
     def run_after_pass(self, mod: Module, pass_: Pass) -> None:
         self.timings.append((pass_.name, time.perf_counter() - self._starts.pop()))
+
+
+class VerifierInstrument:
+    """Checks the model after each pass: the ONNX checker, then strict shape inference on
+    the exported graph (``frontends.onnx.verify_model``). Slow: a debug aid, switched on
+    by the config key ``verify.each_pass`` or added to ``PassContext.instruments``.
+
+    A ``Sequential`` is skipped: the passes inside it were each verified already.
+    """
+
+    def run_before_pass(self, mod: Module, pass_: Pass) -> None:
+        return None
+
+    def run_after_pass(self, mod: Module, pass_: Pass) -> None:
+        if isinstance(pass_, Sequential):
+            return
+        from onnx_hwprune.frontends.onnx import export_model, verify_model
+
+        try:
+            verify_model(export_model(mod.graph))
+        except Exception as exc:  # checker and exporter raise many types
+            raise PassError(f"verifier: the model is invalid after pass {pass_.name}: {exc}") from exc
+
+
+def _instruments(ctx: PassContext) -> Sequence[PassInstrument]:
+    if ctx.get("verify.each_pass") and not any(
+        isinstance(i, VerifierInstrument) for i in ctx.instruments
+    ):
+        return (*ctx.instruments, VerifierInstrument())
+    return ctx.instruments

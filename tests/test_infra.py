@@ -100,3 +100,26 @@ def test_prune_api_accepts_a_model_proto_and_does_not_modify_it():
     assert model.SerializeToString() == before
     assert result.report["network"]["macs"][1] < result.report["network"]["macs"][0]
     assert result.plan.method == "global"
+
+
+class _BreakConv(Pass):
+    """A buggy rewrite: the first Conv reads a tensor that nothing produces."""
+
+    name = "BreakConv"
+
+    def run(self, mod: Module, ctx: PassContext) -> Module:
+        import onnx_graphsurgeon as gs
+
+        graph = mod.graph.copy()
+        conv = next(n for n in graph.nodes if n.op == "Conv")
+        conv.inputs[0] = gs.Variable("dangling", conv.inputs[0].dtype, conv.inputs[0].shape)
+        return mod.replace(graph=graph)
+
+
+def test_verify_each_pass_names_the_pass_that_broke_the_model(module):
+    pipeline = Sequential([ChannelGroupAnalysis(), _BreakConv()])
+    pipeline(module)  # without the verifier the bug goes unnoticed
+    with pytest.raises(PassError, match="invalid after pass BreakConv"):
+        pipeline(module, PassContext(config={"verify.each_pass": True}))
+    checked = Sequential([ChannelGroupAnalysis(), ChannelImportance("l1"), GlobalPlanner(0.3)])
+    checked(module, PassContext(config={"verify.each_pass": True}))
