@@ -217,7 +217,8 @@ class VerifierInstrument:
         try:
             verify_model(export_model(mod.graph))
         except Exception as exc:  # checker and exporter raise many types
-            raise PassError(f"verifier: the model is invalid after pass {pass_.name}: {exc}") from exc
+            message = f"verifier: the model is invalid after pass {pass_.name}: {exc}"
+            raise PassError(message) from exc
 
 
 def _instruments(ctx: PassContext) -> Sequence[PassInstrument]:
