@@ -21,37 +21,41 @@ log = logging.getLogger(__name__)
 
 
 def cost_model(opts: PruneOptions, source: onnx.ModelProto, progress: Callable | None = None):
-    """(cost model, backend or None) for ``opts.target``.
+    """(cost model, backend or None) for ``opts.target``, by its ``cost_source``.
 
     Three sources, never confused: a profile shipped in the package (``cudnn-h100``:
-    measured on that GPU, nothing measured here); the ``mali`` estimate, replaced by a
-    board's measurements when the profile DB has them; otherwise measured on this host,
-    reusing what the DB holds. The backend is None where nothing can be timed here.
+    measured on that GPU, nothing measured here); an analytic estimate (``mali``),
+    replaced by a board's measurements when the profile DB has them; otherwise measured
+    on this host, reusing what the DB holds. The backend is None where nothing can be
+    timed here.
     """
     from onnx_hwprune.cost_models.profile_db import ProfileDB
     from onnx_hwprune.frontends.onnx import with_static_inputs
-    from onnx_hwprune.runtime.gpu_targets import shipped_cost_model, shipped_profiles
+    from onnx_hwprune.runtime.gpu_targets import shipped_cost_model
+    from onnx_hwprune.runtime.targets import get_target
 
+    target = get_target(opts.target, measurable=False)
     static = with_static_inputs(source)  # deployment latency: batch 1 where symbolic
-    if opts.target in shipped_profiles():
-        return shipped_cost_model(opts.target, static, progress=progress), None
+    if target.cost_source == "shipped":
+        return shipped_cost_model(target.name, static, progress=progress), None
     db = ProfileDB(opts.profile_db)
     try:
-        if opts.target == "mali":
-            return _mali(static, db), None
+        if target.cost_source == "analytic":
+            return _analytic(target.name, static, db), None
         return _measured(opts, static, db, progress)
     finally:
         db.close()
 
 
-def _mali(static: onnx.ModelProto, db):
+def _analytic(name: str, static: onnx.ModelProto, db):
     from onnx_hwprune.runtime.mali_models import mali_cost_model
 
-    cost = mali_cost_model(static, db)
+    cost = mali_cost_model(static, db, target=name)
     if getattr(cost, "provenance", "") == "estimated":
         log.warning(
-            "mali: no board measurements in the profile database; planning from the analytic "
-            "Mali-G72 MP12 model: every latency is an estimate"
+            "%s: no board measurements in the profile database; planning from the analytic "
+            "Mali-G72 MP12 model: every latency is an estimate",
+            name,
         )
     return cost
 
@@ -66,9 +70,11 @@ def _measured(opts: PruneOptions, static: onnx.ModelProto, db, progress):
 
 def source_of(cost, target: str) -> str:
     """Where the numbers come from, for reports."""
-    from onnx_hwprune.runtime.gpu_targets import describe_shipped_profile, shipped_profiles
+    from onnx_hwprune.runtime.gpu_targets import describe_shipped_profile
+    from onnx_hwprune.runtime.targets import TARGETS
 
-    if target in shipped_profiles():
+    record = TARGETS.get(target)
+    if record is not None and record.cost_source == "shipped":
         return describe_shipped_profile(target)
     return getattr(cost, "source", f"measured on this host ({target}), staircase model")
 

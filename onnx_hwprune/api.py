@@ -82,7 +82,7 @@ def prune(
     cost = backend = None
     if opts.needs_cost_model():
         cost, backend = _latency.cost_model(opts, source, progress)
-        ctx = replace(ctx, cost_model=cost, config=_target_config(opts, ctx))
+        ctx = replace(ctx, cost_model=cost, target=_target(opts))
     planned = _plan(opts, mod, source, factory, ctx)
     pruned_mod = RemoveChannels()(planned, ctx)
     out = export_model(pruned_mod.graph)
@@ -100,13 +100,12 @@ def prune(
     return PruneResult(out, planned.plan, report)
 
 
-def _target_config(opts: PruneOptions, ctx: PassContext) -> dict[str, Any]:
-    """The target's planning constraints, unless the caller set them explicitly."""
-    from onnx_hwprune.runtime.targets import TARGETS
+def _target(opts: PruneOptions):
+    """The target record: its constraints (``plan.channel_multiple``) apply unless the
+    context's config sets them explicitly."""
+    from onnx_hwprune.runtime.targets import get_target
 
-    config = dict(ctx.config)
-    config.setdefault("plan.channel_multiple", TARGETS[opts.target].channel_multiple)
-    return config
+    return get_target(opts.target, measurable=False)
 
 
 def _plan(

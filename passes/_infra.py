@@ -31,6 +31,7 @@ import onnx_graphsurgeon as gs
 from onnx_hwprune.errors import UserError
 from onnx_hwprune.passes.analysis.groups import ChannelGroups
 from onnx_hwprune.passes.plan.plan import Plan
+from onnx_hwprune.target import Target
 
 __all__ = [
     "Module",
@@ -63,9 +64,13 @@ class Module:
 
 @dataclass(frozen=True)
 class ConfigKey:
+    """A typed config key; ``target_field`` names the :class:`Target` attribute that
+    gives its value when the config does not (the target's own constraint)."""
+
     type: type
     default: Any
     doc: str
+    target_field: str | None = None
 
 
 CONFIG_KEYS: Mapping[str, ConfigKey] = {
@@ -76,7 +81,10 @@ CONFIG_KEYS: Mapping[str, ConfigKey] = {
     "verify.each_pass": ConfigKey(bool, False, "run the model verifier after every pass (debug)"),
     "plan.stair_tolerance": ConfigKey(float, 0.01, "latency levels closer than this share a stair"),
     "plan.channel_multiple": ConfigKey(
-        int, 1, "latency planning keeps counts that are multiples of this (set by the target)"
+        int,
+        1,
+        "latency planning keeps counts that are multiples of this (set by the target)",
+        target_field="channel_multiple",
     ),
 }
 
@@ -91,7 +99,7 @@ class PassInstrument(Protocol):
 class PassContext:
     """Shared settings for a pass pipeline. Immutable; scoped with ``with``."""
 
-    target: str = "cpu"
+    target: Target | None = None  # what the passes plan for (runtime/targets.py)
     seed: int = 0
     config: Mapping[str, Any] = field(default_factory=dict)
     instruments: Sequence[PassInstrument] = ()
@@ -102,6 +110,8 @@ class PassContext:
     )
 
     def __post_init__(self) -> None:
+        if self.target is not None and not isinstance(self.target, Target):
+            raise TypeError(f"PassContext.target takes a Target record, not {self.target!r}")
         for key, value in self.config.items():
             spec = CONFIG_KEYS.get(key)
             if spec is None:
@@ -113,7 +123,12 @@ class PassContext:
     def get(self, key: str) -> Any:
         if key not in CONFIG_KEYS:
             raise KeyError(key)
-        return self.config.get(key, CONFIG_KEYS[key].default)
+        if key in self.config:
+            return self.config[key]
+        spec = CONFIG_KEYS[key]
+        if spec.target_field and self.target is not None:
+            return getattr(self.target, spec.target_field)
+        return spec.default
 
     def __enter__(self) -> PassContext:
         object.__setattr__(self, "_token", PassContext._current.set(self))

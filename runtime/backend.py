@@ -3,10 +3,10 @@
 A backend turns an ONNX model into a :class:`Runnable` for one device and describes that
 device with a :meth:`Backend.fingerprint`. The profiler only ever sees these two things
 plus :mod:`onnx_hwprune.runtime.timing`, so that a new backend (PyTorch/cuDNN on a GPU,
-onnxruntime's CUDA provider, TVM over RPC on a board) plugs in by registering a class
-here, without touching the profiler:
+onnxruntime's CUDA provider, TVM over RPC on a board) plugs in without touching the
+profiler: subclass :class:`Backend` and name the class in a ``Target`` entry
+(``runtime/targets.py``):
 
-    @register_backend
     class MyBackend(Backend):
         name = "my-backend"
         def fingerprint(self) -> dict: ...
@@ -34,18 +34,14 @@ __all__ = [
     "Backend",
     "RecordedBackend",
     "Runnable",
-    "available_backends",
     "cpu_info",
     "fingerprint_hash",
-    "get_backend_class",
     "physical_cores",
-    "register_backend",
 ]
 
 logger = logging.getLogger(__name__)
 
 _ISA_FLAGS = ("avx512f", "avx512_vnni", "avx512_bf16", "avx2", "fma", "avx", "neon", "asimd")
-_REGISTRY: dict[str, type[Backend]] = {}
 
 
 class Runnable(abc.ABC):
@@ -63,7 +59,7 @@ class Backend(abc.ABC):
     """A way to run ONNX models on one device.
 
     Attributes:
-        name: registry key, e.g. ``"ort-cpu"``.
+        name: the backend's name in fingerprints and logs, e.g. ``"ort-cpu"``.
     """
 
     name: str = ""
@@ -86,7 +82,7 @@ class RecordedBackend(Backend):
     """A device known only through a profile database (e.g. imported from the device).
 
     It measures nothing: everything must already be in the database, which is how a
-    profile measured on one machine is used to plan on another. Not in the registry.
+    profile measured on one machine is used to plan on another.
 
     Args:
         fingerprint: the device's fingerprint as stored (``ProfileDB.devices()``).
@@ -109,29 +105,6 @@ class RecordedBackend(Backend):
             "a measurement is missing from the imported profile; profile this model on "
             "the device itself (onnx-hwprune profile) and import the export again"
         )
-
-
-def register_backend(cls: type[Backend]) -> type[Backend]:
-    """Class decorator adding ``cls`` to the registry; refuses duplicate names."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
-    if cls.name in _REGISTRY:
-        raise ValueError(f"backend {cls.name!r} is already registered")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def get_backend_class(name: str) -> type[Backend]:
-    """The registered backend class called ``name`` (KeyError lists the names)."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown backend {name!r}; known: {sorted(_REGISTRY)}") from None
-
-
-def available_backends() -> list[str]:
-    """Names of registered backends."""
-    return sorted(_REGISTRY)
 
 
 def cpu_info(read: Callable[[], str] | None = None) -> dict:

@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING
 
 from onnx_hwprune.errors import UserError
 from onnx_hwprune.runtime.backend import Backend, Runnable, cpu_info
-from onnx_hwprune.runtime.backend import register_backend as _register
 
 if TYPE_CHECKING:
     import onnx
@@ -186,7 +185,6 @@ class TorchRunnable(Runnable):
         self._module = self._inputs = self._graph = self._outputs = None
 
 
-@_register
 class CudnnBackend(Backend):
     """PyTorch (cuDNN convolutions) on one CUDA GPU, float32.
 

@@ -31,8 +31,7 @@ from onnx_hwprune.cost_models.network import LayerEntry, NetworkCostModel
 from onnx_hwprune.cost_models.profile_db import EXPORT_VERSION, ProfileDB, fingerprint_hash
 from onnx_hwprune.cost_models.signature import LayerSignature
 from onnx_hwprune.errors import UserError
-from onnx_hwprune.runtime._target import Target
-from onnx_hwprune.runtime.backend import Backend, RecordedBackend, Runnable
+from onnx_hwprune.runtime.backend import RecordedBackend, Runnable
 from onnx_hwprune.runtime.profiler import ProfileOptions, load_model_and_layers, model_key
 
 __all__ = [
@@ -41,10 +40,10 @@ __all__ = [
     "ShippedProfileBackend",
     "describe_shipped_profile",
     "gpu_slug",
-    "gpu_targets",
     "load_shipped_profile",
     "profile_dir",
     "search_settings",
+    "shipped_backend",
     "shipped_cost_model",
     "shipped_profiles",
     "validate_gpu_profile",
@@ -296,62 +295,7 @@ def _replay(layers, backend, target, db, name, progress) -> dict:
     return staircases
 
 
-def gpu_targets(directory: Path | None = None) -> dict[str, Target]:
-    """The GPU :class:`Target` entries: measured ones plus one per shipped profile."""
-    from onnx_hwprune.runtime.cudnn import cuda_available
-    from onnx_hwprune.runtime.ort_cuda import available as ort_cuda_available
-
-    measured = (
-        Target(
-            "cudnn",
-            "PyTorch/cuDNN on this host's CUDA GPU, cudnn.benchmark off (heuristics)",
-            "measured on this host's GPU with PyTorch (cuDNN heuristics, CUDA events)",
-            _cudnn_backend(False),
-            cuda_available,
-        ),
-        Target(
-            "cudnn-benchmark",
-            "PyTorch/cuDNN on this host's CUDA GPU, cudnn.benchmark on (autotuned)",
-            "measured on this host's GPU with PyTorch (cuDNN autotuned, CUDA events)",
-            _cudnn_backend(True),
-            cuda_available,
-        ),
-        Target(
-            "ort-cuda",
-            "onnxruntime CUDA provider (onnxruntime-gpu) on this host's GPU",
-            "measured on this host's GPU with onnxruntime's CUDAExecutionProvider",
-            _ort_cuda_backend,
-            ort_cuda_available,
-        ),
-    )
-    shipped = tuple(_shipped_target(n, directory) for n in shipped_profiles(directory))
-    return {t.name: t for t in (*measured, *shipped)}
-
-
-def _cudnn_backend(benchmark: bool):
-    def make(threads: int | None = None, **options: object) -> Backend:
-        from onnx_hwprune.runtime.cudnn import CudnnBackend
-
-        return CudnnBackend(benchmark=benchmark, **options)
-
-    return make
-
-
-def _ort_cuda_backend(threads: int | None = None, **options: object) -> Backend:
-    from onnx_hwprune.runtime.ort_cuda import OrtCudaBackend
-
-    return OrtCudaBackend(**options)
-
-
-def _shipped_target(name: str, directory: Path | None) -> Target:
-    def make(threads: int | None = None, **_: object) -> Backend:
-        doc = load_shipped_profile(name, directory)
-        return ShippedProfileBackend(doc["devices"][0]["fingerprint"], name)
-
-    return Target(
-        name,
-        f"plan for a GPU from the shipped profile {name}.json (no GPU needed; not measurable)",
-        f"shipped profile {name} (measured on that GPU; see the report for the date)",
-        make,
-        lambda: (True, ""),
-    )
+def shipped_backend(name: str, directory: Path | None = None) -> ShippedProfileBackend:
+    """The backend of shipped target ``name``: the profile's device, measuring nothing."""
+    doc = load_shipped_profile(name, directory)
+    return ShippedProfileBackend(doc["devices"][0]["fingerprint"], name)

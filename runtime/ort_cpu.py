@@ -16,7 +16,6 @@ import onnx
 import onnxruntime as ort
 
 from onnx_hwprune.runtime.backend import Backend, Runnable, cpu_info, physical_cores
-from onnx_hwprune.runtime.backend import register_backend as _register
 
 __all__ = ["OrtCpuBackend", "OrtRunnable", "random_feeds", "session_options"]
 
@@ -83,7 +82,6 @@ class OrtRunnable(Runnable):
         return (time.perf_counter() - start) / number
 
 
-@_register
 class OrtCpuBackend(Backend):
     """onnxruntime CPU provider with all graph optimizations.
 

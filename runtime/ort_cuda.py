@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 
 from onnx_hwprune.errors import UserError
 from onnx_hwprune.runtime.backend import Backend, Runnable, cpu_info
-from onnx_hwprune.runtime.backend import register_backend as _register
 
 if TYPE_CHECKING:
     import onnx
@@ -63,7 +62,6 @@ class OrtCudaRunnable(Runnable):
         self._session = self._binding = None
 
 
-@_register
 class OrtCudaBackend(Backend):
     """onnxruntime with the CUDA execution provider on one GPU.
 

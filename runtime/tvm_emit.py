@@ -31,7 +31,7 @@ from pathlib import Path
 import onnx
 
 from onnx_hwprune.errors import UserError
-from onnx_hwprune.runtime.tvm_targets import AARCH64_CC, compile_target, device_kind
+from onnx_hwprune.runtime.tvm_targets import AARCH64_CC, compile_target, device_kind, tvm_target
 
 __all__ = [
     "build_executable",
@@ -69,14 +69,17 @@ def check_emit(target_name: str, cross_compiler: str | os.PathLike | None = None
 
     Returns the cross compiler to link with (``None``: the host's default).
     """
-    device_kind(target_name)  # UserError for a non-TVM target
+    target = tvm_target(target_name)  # UserError for a non-TVM target
     import importlib.util
 
     if importlib.util.find_spec("tvm") is None:
         raise UserError("--emit tvm needs apache-tvm: pip install apache-tvm")
-    if target_name == "tvm-cuda" and not (shutil.which("nvcc") or os.environ.get("CUDA_HOME")):
-        raise UserError("tvm-cuda: nvcc not found (install the CUDA toolkit or set CUDA_HOME)")
-    if target_name == "mali":
+    nvcc = shutil.which("nvcc") or os.environ.get("CUDA_HOME")
+    if target.device == "cuda" and not nvcc:
+        raise UserError(
+            f"{target.name}: nvcc not found (install the CUDA toolkit or set CUDA_HOME)"
+        )
+    if target.host_triple:  # host code for a board: link with its cross compiler
         return find_cross_compiler(cross_compiler)
     return str(cross_compiler) if cross_compiler else None
 

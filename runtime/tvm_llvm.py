@@ -19,7 +19,6 @@ import warnings
 from typing import TYPE_CHECKING
 
 from onnx_hwprune.runtime.backend import Backend, Runnable, cpu_info, physical_cores
-from onnx_hwprune.runtime.backend import register_backend as _register
 
 if TYPE_CHECKING:
     import onnx
@@ -45,7 +44,6 @@ class TvmRunnable(Runnable):
         return float(timer("main").mean)
 
 
-@_register
 class TvmLlvmBackend(Backend):
     """TVM Relax on the host CPU.
 

@@ -159,11 +159,12 @@ class TvmRpcBackend(Backend):
     name = "tvm-rpc"
 
     def __init__(self, tracker: str, key: str, target_name: str = "tvm-llvm", **options):
-        from onnx_hwprune.runtime.tvm_targets import device_kind
+        from onnx_hwprune.runtime.tvm_targets import tvm_target
 
         self.opts = RpcOptions(tracker, key, **options)
         self.target_name = target_name
-        self.kind = device_kind(target_name)
+        self.target = tvm_target(target_name)
+        self.kind = self.target.device
         self._session = None
         self._fingerprint: dict | None = None
         self._workdir = tempfile.TemporaryDirectory(prefix="hwprune-rpc-")
@@ -234,7 +235,7 @@ class TvmRpcBackend(Backend):
         :class:`UserError` if it is missing."""
         from onnx_hwprune.runtime.tvm_emit import find_cross_compiler
 
-        if self.target_name == "mali" or self.opts.host_triple:
+        if self.target.host_triple or self.opts.host_triple:
             return find_cross_compiler(self.opts.cross_compiler)
         return self.opts.cross_compiler
 

@@ -11,51 +11,47 @@ kind of device a module built for it runs on (``cpu``, ``cuda``, ``opencl``):
   Relax era removed its Mali schedules and the Arm Compute Library integration, so this
   is the path that remains; the OpenCL kernels come from dlight's generic GPU rules.
 
-:data:`EXTRA_TARGETS` holds the :class:`~onnx_hwprune.runtime.targets.Target` entries for
-``tvm-cuda`` and ``mali``, to be merged into ``TARGETS``. Both are measured through TVM's
-RPC tracker (a board, or an RPC server on a GPU host); ``mali`` without a board plans from
-the analytic model in :mod:`onnx_hwprune.cost_models.mali`.
+Which targets are TVM-backed, their device kind and their host triple are fields of their
+:class:`~onnx_hwprune.target.Target` records (``runtime/targets.py``).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-from pathlib import Path
 
 from onnx_hwprune.errors import UserError
-from onnx_hwprune.runtime._target import Target
-from onnx_hwprune.runtime.backend import Backend
+from onnx_hwprune.runtime.targets import AARCH64_CC, get_target, target_names
+from onnx_hwprune.target import Target
 
 __all__ = [
     "AARCH64_CC",
     "DEFAULT_CUDA_ARCH",
-    "EXTRA_TARGETS",
-    "TVM_TARGETS",
-    "all_targets",
     "compile_target",
     "device_kind",
+    "tvm_target",
 ]
 
 logger = logging.getLogger(__name__)
 
-AARCH64_CC = "aarch64-linux-gnu-gcc"  # Debian's gcc-aarch64-linux-gnu
-AARCH64_TRIPLE = "aarch64-linux-gnu"
 # Used when no GPU is visible to ask for its compute capability; sm_80 (A100) code also
 # runs on later GPUs through the driver's JIT of the embedded PTX.
 DEFAULT_CUDA_ARCH = "sm_80"
 
-TVM_TARGETS: dict[str, str] = {"tvm-llvm": "cpu", "tvm-cuda": "cuda", "mali": "opencl"}
-"""TVM-backed target name -> the device kind its modules run on."""
 
-
-def device_kind(target_name: str) -> str:
-    """``cpu``, ``cuda`` or ``opencl`` for a TVM-backed target (UserError otherwise)."""
-    if target_name not in TVM_TARGETS:
+def tvm_target(target_name: str | Target) -> Target:
+    """The record of a TVM-backed target (UserError for any other)."""
+    target = get_target(target_name, measurable=False)
+    if not target.emit_tvm:
+        tvm_names = [n for n in target_names() if get_target(n, measurable=False).emit_tvm]
         raise UserError(
-            f"target {target_name!r} is not a TVM target; TVM targets: {', '.join(TVM_TARGETS)}"
+            f"target {target.name!r} is not a TVM target; TVM targets: {', '.join(tvm_names)}"
         )
-    return TVM_TARGETS[target_name]
+    return target
+
+
+def device_kind(target_name: str | Target) -> str:
+    """``cpu``, ``cuda`` or ``opencl`` for a TVM-backed target (UserError otherwise)."""
+    return tvm_target(target_name).device
 
 
 def compile_target(
@@ -69,12 +65,13 @@ def compile_target(
             host for ``tvm-llvm``/``tvm-cuda``, aarch64 Linux for ``mali``).
         cuda_arch: ``sm_XY`` for ``tvm-cuda`` (``None``: the local GPU's, else sm_80).
     """
-    kind = device_kind(target_name)
-    if kind == "cpu":
-        return _llvm(host_triple)
-    if kind == "cuda":
-        return {"kind": "cuda", "arch": cuda_arch or _local_cuda_arch(), "host": _llvm(host_triple)}
-    return {"kind": "opencl", "device": "mali", "host": _llvm(host_triple or AARCH64_TRIPLE)}
+    target = tvm_target(target_name)
+    host = _llvm(host_triple or target.host_triple)
+    if target.device == "cpu":
+        return host
+    if target.device == "cuda":
+        return {"kind": "cuda", "arch": cuda_arch or _local_cuda_arch(), "host": host}
+    return {"kind": "opencl", "device": "mali", "host": host}
 
 
 def _llvm(triple: str | None) -> dict:
@@ -95,59 +92,3 @@ def _local_cuda_arch() -> str:
     if dev.exist and dev.compute_version:
         return "sm_" + dev.compute_version.replace(".", "")
     return DEFAULT_CUDA_ARCH
-
-
-def all_targets() -> dict[str, Target]:
-    """Every registered target (``TARGETS`` includes :data:`EXTRA_TARGETS`)."""
-    from onnx_hwprune.runtime.targets import TARGETS
-
-    return dict(TARGETS)
-
-
-def _rpc_backend(target_name: str):
-    def make(threads: int | None = None, **options: object) -> Backend:
-        if not options.get("tracker") or not options.get("key"):
-            raise UserError(
-                f"target {target_name!r} is measured on a board through TVM's RPC tracker: "
-                "pass --rpc-tracker HOST:PORT --rpc-key KEY"
-            )
-        from onnx_hwprune.runtime.tvm_rpc import TvmRpcBackend
-
-        return TvmRpcBackend(target_name=target_name, **options)  # type: ignore[arg-type]
-
-    return make
-
-
-def _cuda_available() -> tuple[bool, str]:
-    if importlib.util.find_spec("tvm") is None:
-        return False, "python package 'tvm' is not installed"
-    # Measured through an RPC server even on a local GPU: one code path for every board.
-    where = "this host's GPU" if Path("/dev/nvidiactl").exists() else "a GPU host"
-    return False, f"measure with --rpc-tracker/--rpc-key (an RPC server on {where})"
-
-
-def _mali_available() -> tuple[bool, str]:
-    # Never here: a Mali GPU is on a board, reached through the tracker.
-    return False, "Mali GPU is on a board: measure with --rpc-tracker/--rpc-key"
-
-
-EXTRA_TARGETS: dict[str, Target] = {
-    t.name: t
-    for t in (
-        Target(
-            "tvm-cuda",
-            "TVM Relax, CUDA kernels (dlight default GPU schedules) for an NVIDIA GPU",
-            "measured with TVM on a CUDA GPU (this host or an RPC server)",
-            _rpc_backend("tvm-cuda"),
-            _cuda_available,
-        ),
-        Target(
-            "mali",
-            "TVM Relax, OpenCL kernels for an Arm Mali GPU + aarch64 host (via RPC)",
-            "measured on the board over TVM's RPC tracker; without one, an analytic "
-            "Mali-G72 MP12 estimate",
-            _rpc_backend("mali"),
-            _mali_available,
-        ),
-    )
-}

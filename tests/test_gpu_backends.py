@@ -28,7 +28,6 @@ from onnx_hwprune.runtime.backend import Backend, Runnable
 from onnx_hwprune.runtime.gpu_targets import (
     GPU_PROFILE_OPTIONS,
     gpu_slug,
-    gpu_targets,
     load_shipped_profile,
     shipped_cost_model,
     shipped_profiles,
@@ -36,6 +35,7 @@ from onnx_hwprune.runtime.gpu_targets import (
 )
 from onnx_hwprune.runtime.microbench import build_layer_model
 from onnx_hwprune.runtime.profiler import build_cost_model
+from onnx_hwprune.runtime.targets import build_targets
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,7 +70,7 @@ def test_ort_cuda_reports_why_it_is_unavailable():
 
 
 def test_gpu_targets_say_whether_they_can_be_measured(tmp_path):
-    targets = gpu_targets(directory=tmp_path)
+    targets = build_targets(tmp_path)
     assert {"cudnn", "cudnn-benchmark", "ort-cuda"} <= set(targets)
     for name in ("cudnn", "cudnn-benchmark", "ort-cuda"):
         ok, why = targets[name].available()
@@ -255,7 +255,7 @@ def test_shipped_profile_loads_validates_and_becomes_a_target(synthetic):
     assert list(shipped_profiles(folder)) == ["cudnn-z999"]
     doc = load_shipped_profile("cudnn-z999", folder)
     assert doc["devices"][0]["fingerprint"]["gpu"] == _SYNTHETIC_FP["gpu"]
-    target = gpu_targets(directory=folder)["cudnn-z999"]
+    target = build_targets(folder)["cudnn-z999"]
     assert target.available() == (True, "")
     with pytest.raises(UserError, match="cudnn-z999 plans from a shipped profile"):
         target.make_backend().prepare(synthetic[1])  # a shipped profile cannot measure

@@ -22,7 +22,7 @@ def module() -> Module:
 
 def test_context_is_scoped():
     assert PassContext.current().seed == 0
-    with PassContext(seed=7, target="cpu") as ctx:
+    with PassContext(seed=7) as ctx:
         assert PassContext.current() is ctx
         with PassContext(seed=9):
             assert PassContext.current().seed == 9
