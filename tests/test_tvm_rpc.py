@@ -212,7 +212,7 @@ def test_malformed_tracker_address():
 def test_cli_options_parse_and_pair():
     import argparse
 
-    from onnx_hwprune.runtime.tvm_rpc import add_rpc_arguments, rpc_options_from_args
+    from onnx_hwprune.cli_commands._rpc import add_rpc_arguments, rpc_options_from_args
 
     parser = argparse.ArgumentParser()
     add_rpc_arguments(parser)

@@ -86,7 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="also write the network cost model as JSON",
     )
-    from onnx_hwprune.runtime.tvm_rpc import add_rpc_arguments
+    from onnx_hwprune.cli_commands._rpc import add_rpc_arguments
 
     add_rpc_arguments(parser)  # --rpc-tracker/--rpc-key: measure on remote boards
 
@@ -134,9 +134,9 @@ def _profile(db, args: argparse.Namespace) -> int:
         raise UserError(f"input model {args.source} not found")
     if args.threads is not None and args.threads < 1:
         raise UserError("--threads must be at least 1")
+    from onnx_hwprune.cli_commands._rpc import rpc_options_from_args
     from onnx_hwprune.frontends.onnx import normalize_model, with_static_inputs
     from onnx_hwprune.runtime.rpc_boards import profile_through_tracker
-    from onnx_hwprune.runtime.tvm_rpc import rpc_options_from_args
 
     source = with_static_inputs(normalize_model(args.source))  # symbolic batch -> 1
     options = ProfileOptions(exhaustive=args.exhaustive, time_budget_s=args.time_budget)
