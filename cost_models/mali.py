@@ -97,7 +97,6 @@ LAUNCH_S = 25e-6  # OpenCL enqueue + dispatch per kernel on a Mali driver (assum
 REDUCTION_STEP_CYCLES = 20  # one barrier + add of the tree reduction (assumed)
 # Ops TVM fuses into the preceding conv's kernel (no launch of their own).
 _FUSED = {"Relu", "Clip", "BatchNormalization", "Add", "LeakyRelu", "Sigmoid", "HardSigmoid"}
-_LAYER_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 
 
 def _out_hw(sig: LayerSignature) -> int:

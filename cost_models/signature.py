@@ -20,17 +20,18 @@ Channel axes by ``group_kind``:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass, field
 
 import onnx_graphsurgeon as gs
 
-__all__ = ["Layer", "LayerSignature", "extract_layers", "layer_shapes"]
+__all__ = ["LAYER_OPS", "Layer", "LayerSignature", "extract_layers", "layer_shapes"]
 
 logger = logging.getLogger(__name__)
 
+LAYER_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+"""The layer ops: what the cost models price and the planners count channels of."""
 # Ops that a deployment runtime fuses into the preceding conv/gemm (as the epilogue).
 _FUSED_ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "HardSigmoid", "Sigmoid", "Tanh")
 # Ops that pass a tensor to a graph output without changing its channel count.
@@ -87,10 +88,6 @@ class LayerSignature:
         """Canonical JSON text: the database key and the sharing key."""
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
-    def short_hash(self) -> str:
-        """12 hex digits of the key's SHA-256, for file names and logs."""
-        return hashlib.sha256(self.key().encode()).hexdigest()[:12]
-
     def describe(self) -> str:
         """One human line, e.g. ``Conv 3x3 s1 dense 56x56 +Relu``."""
         k = "x".join(map(str, self.kernel)) or "fc"
@@ -141,7 +138,7 @@ def extract_layers(graph: gs.Graph) -> list[Layer]:
 
 
 def _layer_of(node: gs.Node, graph_inputs: set[str], graph_outputs: set[str]) -> Layer | None:
-    if node.op not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+    if node.op not in LAYER_OPS:
         return None
     if len(node.inputs) < 2 or not isinstance(node.inputs[1], gs.Constant):
         return None

@@ -441,10 +441,6 @@ class StaircaseModel:
         scale = self.per_ch[0] if axis == "ch" else 1
         return [(c * scale, ms) for c, ms in prof.stair_edges(tol)]
 
-    def measured_points(self) -> int:
-        """Number of distinct measured points behind this model."""
-        return len({(name, c) for name, prof in self.axes for c, _, _ in prof.points})
-
     def _axis_latency(self, name: str, count: int, full: int) -> Estimate:
         prof = self.axis(name)
         if count == full:

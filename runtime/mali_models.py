@@ -12,11 +12,11 @@ import logging
 
 from onnx_hwprune.cost_models.mali import (
     _FUSED,
-    _LAYER_OPS,
     MaliCostModel,
     MaliGpu,
     analytic_from_layers,
 )
+from onnx_hwprune.cost_models.signature import LAYER_OPS
 from onnx_hwprune.runtime.backend import Backend
 
 __all__ = ["analytic_cost_model", "mali_cost_model", "measured_cost_model"]
@@ -29,7 +29,7 @@ def analytic_cost_model(source, gpu: str | MaliGpu = "mali-g72-mp12") -> MaliCos
     from onnx_hwprune.runtime.profiler import load_model_and_layers
 
     model, layers = load_model_and_layers(_static(source))
-    others = sum(1 for n in model.graph.node if n.op_type not in _LAYER_OPS | _FUSED)
+    others = sum(1 for n in model.graph.node if n.op_type not in LAYER_OPS | _FUSED)
     return analytic_from_layers(layers, others, gpu)
 
 

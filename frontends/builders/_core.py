@@ -79,11 +79,6 @@ class GraphCore:
         self._used.add(candidate)
         return candidate
 
-    @property
-    def batch_const(self) -> int:
-        """Batch entry for Reshape targets: the batch if static, else 0 (copy the input's)."""
-        return self.batch if isinstance(self.batch, int) else 0
-
     def channels(self, x: str) -> int:
         """Returns the (static) channel count of an NCHW or NC tensor."""
         return int(self.shapes[x][1])

@@ -126,10 +126,6 @@ class CouplingTable:
         if reason not in reasons:
             reasons.append(reason)
 
-    @property
-    def num_elements(self) -> int:
-        return self._n
-
     def element_space(self) -> np.ndarray:
         """For each element, the id of the space it belongs to."""
         sizes = np.array([s.size for s in self.spaces], dtype=np.int64)

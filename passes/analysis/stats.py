@@ -12,9 +12,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-__all__ = ["LayerStats", "ModelStats", "model_stats"]
+from onnx_hwprune.cost_models.signature import LAYER_OPS
 
-_LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+__all__ = ["LayerStats", "ModelStats", "model_stats"]
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def model_stats(graph: gs.Graph) -> ModelStats:
     layers = tuple(
         stats
         for node in graph.nodes
-        if node.op in _LAYER_OPS and (stats := _layer(node)) is not None
+        if node.op in LAYER_OPS and (stats := _layer(node)) is not None
     )
     params = sum(
         int(np.prod(t.shape))

@@ -13,12 +13,11 @@ from dataclasses import dataclass
 
 import onnx_graphsurgeon as gs
 
+from onnx_hwprune.cost_models.signature import LAYER_OPS
 from onnx_hwprune.passes.analysis.groups import ChannelGroups
 from onnx_hwprune.passes.analysis.stats import model_stats
 
 __all__ = ["LayerChannels", "ChannelMap"]
-
-_LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,7 @@ class ChannelMap:
                 n.op == "Conv" and int(n.attrs.get("group", 1)) == _channels_of(n.inputs[0]) != 1,
             )
             for n in graph.nodes
-            if n.op in _LAYER_OPS and n.name in wanted
+            if n.op in LAYER_OPS and n.name in wanted
         )
         self.sizes = dict(groups.space_sizes)
         tensors = graph.tensors()
