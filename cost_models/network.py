@@ -12,12 +12,24 @@ construction; pruned variants are where it is tested (:func:`prediction_report`)
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from onnx_hwprune.cost_models.staircase import Estimate, StaircaseModel
+from onnx_hwprune.errors import UserError
 
-__all__ = ["LayerEntry", "NetworkCostModel", "prediction_report"]
+if TYPE_CHECKING:  # signature.py reads graphs (onnx-graphsurgeon); the model needs none
+    from onnx_hwprune.cost_models.signature import Layer
+
+__all__ = [
+    "LayerEntry",
+    "NetworkCostModel",
+    "assemble_cost_model",
+    "layer_key",
+    "prediction_report",
+    "require_layers",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -135,3 +147,44 @@ def prediction_report(cases: list[tuple[str, float, float]]) -> dict:
     mape = sum(abs(r["error"]) for r in rows) / len(rows) if rows else 0.0
     worst = max((abs(r["error"]) for r in rows), default=0.0)
     return {"rows": rows, "mape": mape, "max_abs_error": worst}
+
+
+def layer_key(layer: Layer) -> tuple[str, int, int]:
+    """What layers share a staircase by: signature and unpruned channel counts."""
+    return (layer.signature.key(), layer.in_channels, layer.out_channels)
+
+
+def require_layers(layers: Sequence[Layer]) -> None:
+    """:class:`UserError` when there is nothing to price."""
+    if not layers:
+        raise UserError("the model has no prunable Conv/Gemm/MatMul layer with constant weights")
+
+
+def assemble_cost_model(
+    target: str,
+    fingerprint_hash: str,
+    layers: Sequence[Layer],
+    staircases: Mapping[tuple[str, int, int], StaircaseModel],
+    calibration: Mapping[str, Any],
+) -> NetworkCostModel:
+    """The network model from its layers, their staircases (by :func:`layer_key`) and a
+    calibration (``residual_ms``, optional ``total_ms`` and per-node ``scales``).
+
+    The one place a :class:`NetworkCostModel` is put together, whether the staircases were
+    measured here, replayed from a shipped profile or from a board's stored measurements.
+    """
+    require_layers(layers)
+    scales = calibration.get("scales", {})
+    entries = tuple(
+        LayerEntry(
+            layer.node,
+            layer.in_channels,
+            layer.out_channels,
+            staircases[layer_key(layer)],
+            scales.get(layer.node, 1.0),
+        )
+        for layer in layers
+    )
+    return NetworkCostModel(
+        target, fingerprint_hash, entries, calibration["residual_ms"], calibration.get("total_ms")
+    )

@@ -79,32 +79,53 @@ class Backend(abc.ABC):
 
 
 class RecordedBackend(Backend):
-    """A device known only through a profile database (e.g. imported from the device).
+    """A device known only through a profile database: an imported profile, a profile
+    shipped in the package, a board's stored measurements.
 
     It measures nothing: everything must already be in the database, which is how a
-    profile measured on one machine is used to plan on another.
+    profile measured on one machine is used to plan on another. Asking for a point the
+    database lacks raises ``missing()`` (by default a :class:`UserError` saying to
+    profile on the device and import again).
 
     Args:
         fingerprint: the device's fingerprint as stored (``ProfileDB.devices()``).
+        fingerprint_hash: the stored hash, when it must be used as stored.
+        missing: ``missing() -> Exception`` raised by :meth:`prepare`.
     """
 
     name = "recorded"
 
-    def __init__(self, fingerprint: dict):
+    def __init__(
+        self,
+        fingerprint: dict,
+        *,
+        fingerprint_hash: str | None = None,
+        missing: Callable[[], Exception] | None = None,
+    ):
         self._fingerprint = dict(fingerprint)
+        self._hash = fingerprint_hash
+        self._missing = missing or _missing_measurement
 
     def fingerprint(self) -> dict:
         """The recorded fingerprint."""
         return dict(self._fingerprint)
 
+    def fingerprint_hash(self) -> str:
+        """The stored hash if given, else the hash of the fingerprint."""
+        return self._hash or super().fingerprint_hash()
+
     def prepare(self, model: onnx.ModelProto) -> Runnable:
         """Always fails: a recorded device cannot run anything."""
-        from onnx_hwprune.errors import UserError
+        raise self._missing()
 
-        raise UserError(
-            "a measurement is missing from the imported profile; profile this model on "
-            "the device itself (onnx-hwprune profile) and import the export again"
-        )
+
+def _missing_measurement() -> Exception:
+    from onnx_hwprune.errors import UserError
+
+    return UserError(
+        "a measurement is missing from the imported profile; profile this model on "
+        "the device itself (onnx-hwprune profile) and import the export again"
+    )
 
 
 def cpu_info(read: Callable[[], str] | None = None) -> dict:

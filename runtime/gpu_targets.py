@@ -27,17 +27,21 @@ import re
 import tempfile
 from pathlib import Path
 
-from onnx_hwprune.cost_models.network import LayerEntry, NetworkCostModel
+from onnx_hwprune.cost_models.network import (
+    NetworkCostModel,
+    assemble_cost_model,
+    layer_key,
+    require_layers,
+)
 from onnx_hwprune.cost_models.profile_db import EXPORT_VERSION, ProfileDB, fingerprint_hash
 from onnx_hwprune.cost_models.signature import LayerSignature
 from onnx_hwprune.errors import UserError
-from onnx_hwprune.runtime.backend import RecordedBackend, Runnable
+from onnx_hwprune.runtime.backend import RecordedBackend
 from onnx_hwprune.runtime.profiler import ProfileOptions, load_model_and_layers, model_key
 
 __all__ = [
     "GPU_FINGERPRINT_FIELDS",
     "GPU_PROFILE_OPTIONS",
-    "ShippedProfileBackend",
     "describe_shipped_profile",
     "gpu_slug",
     "load_shipped_profile",
@@ -206,27 +210,11 @@ class _Missing(UserError):
     """Something asked a shipped profile to measure (a point it does not hold)."""
 
 
-class ShippedProfileBackend(RecordedBackend):
-    """The GPU a shipped profile was measured on, known only through that profile.
-
-    Unlike its base, a missing point raises an internal signal that
-    :func:`shipped_cost_model` turns into an error naming the layer.
-
-    Args:
-        fingerprint: the profile's device fingerprint.
-        label: the shipped target's name.
-    """
-
-    def __init__(self, fingerprint: dict, label: str):
-        super().__init__(fingerprint)
-        self.label = label
-
-    def prepare(self, model) -> Runnable:
-        """Always raises: a shipped profile cannot measure."""
-        raise _Missing(
-            f"target {self.label} plans from a shipped profile: it cannot measure anything "
-            "on this host (measure on the GPU itself with tools/bench_gpu.py)"
-        )
+def _cannot_measure(label: str) -> Exception:
+    return _Missing(
+        f"target {label} plans from a shipped profile: it cannot measure anything "
+        "on this host (measure on the GPU itself with tools/bench_gpu.py)"
+    )
 
 
 def shipped_cost_model(
@@ -244,10 +232,9 @@ def shipped_cost_model(
         logger.warning(
             "%s was measured with other staircase-search settings: layers may be missing", name
         )
-    backend = ShippedProfileBackend(device["fingerprint"], name)
+    backend = shipped_backend(name, directory, doc)
     model, layers = load_model_and_layers(source)
-    if not layers:
-        raise UserError("the model has no prunable Conv/Gemm/MatMul layer with constant weights")
+    require_layers(layers)
     with tempfile.TemporaryDirectory() as tmp, ProfileDB(Path(tmp) / "shipped.sqlite") as db:
         db.import_json(doc)
         staircases = _replay(layers, backend, device["target"], db, name, progress)
@@ -255,23 +242,7 @@ def shipped_cost_model(
     if cal is None:
         logger.warning("%s holds no calibration for this model: residual taken as 0 ms", name)
         cal = {"residual_ms": 0.0, "total_ms": None, "scales": {}}
-    entries = tuple(
-        LayerEntry(
-            l.node,
-            l.in_channels,
-            l.out_channels,
-            staircases[_key(l)],
-            cal["scales"].get(l.node, 1.0),
-        )
-        for l in layers  # noqa: E741
-    )
-    return NetworkCostModel(
-        name, device["fingerprint_hash"], entries, cal["residual_ms"], cal["total_ms"]
-    )
-
-
-def _key(layer) -> tuple[str, int, int]:
-    return (layer.signature.key(), layer.in_channels, layer.out_channels)
+    return assemble_cost_model(name, device["fingerprint_hash"], layers, staircases, cal)
 
 
 def _replay(layers, backend, target, db, name, progress) -> dict:
@@ -279,7 +250,7 @@ def _replay(layers, backend, target, db, name, progress) -> dict:
 
     staircases: dict = {}
     for layer in layers:
-        if _key(layer) in staircases:
+        if layer_key(layer) in staircases:
             continue
         try:
             staircases.update(
@@ -295,7 +266,12 @@ def _replay(layers, backend, target, db, name, progress) -> dict:
     return staircases
 
 
-def shipped_backend(name: str, directory: Path | None = None) -> ShippedProfileBackend:
-    """The backend of shipped target ``name``: the profile's device, measuring nothing."""
-    doc = load_shipped_profile(name, directory)
-    return ShippedProfileBackend(doc["devices"][0]["fingerprint"], name)
+def shipped_backend(
+    name: str, directory: Path | None = None, doc: dict | None = None
+) -> RecordedBackend:
+    """The backend of shipped target ``name``: the profile's device, measuring nothing;
+    a missing point raises a signal that :func:`shipped_cost_model` turns into an error
+    naming the layer."""
+    doc = doc or load_shipped_profile(name, directory)
+    fingerprint = doc["devices"][0]["fingerprint"]
+    return RecordedBackend(fingerprint, missing=lambda: _cannot_measure(name))

@@ -17,7 +17,7 @@ from onnx_hwprune.cost_models.mali import (
     analytic_from_layers,
 )
 from onnx_hwprune.cost_models.signature import LAYER_OPS
-from onnx_hwprune.runtime.backend import Backend
+from onnx_hwprune.runtime.backend import RecordedBackend
 
 __all__ = ["analytic_cost_model", "mali_cost_model", "measured_cost_model"]
 
@@ -64,42 +64,19 @@ def measured_cost_model(source, db, target: str = "mali"):
     a default ``profile`` run measured; a calibration stored with them is reused, else
     the residual is the analytic one and the per-layer scales are 1.
     """
-    from onnx_hwprune.cost_models.network import LayerEntry, NetworkCostModel
+    from onnx_hwprune.cost_models.network import assemble_cost_model
     from onnx_hwprune.runtime.profiler import load_model_and_layers, model_key, profile_layers
 
     model, layers = load_model_and_layers(_static(source))
     for _, fp_hash, fingerprint in db.devices(target):
-        backend = _StoredBoard(fingerprint, fp_hash)
+        board = RecordedBackend(
+            fingerprint, fingerprint_hash=fp_hash, missing=lambda h=fp_hash: _NotStored(h)
+        )
         try:
-            models = profile_layers(layers, backend, target, db)
+            staircases = profile_layers(layers, board, target, db)
         except _NotStored:
             continue
-        cal = db.get_calibration(target, fp_hash, model_key(model)) or {}
-        scales = cal.get("scales", {})
-        residual = cal.get("residual_ms", analytic_cost_model(source).residual_ms)
-        entries = tuple(
-            LayerEntry(l.node, l.in_channels, l.out_channels,  # noqa: E741
-                       models[(l.signature.key(), l.in_channels, l.out_channels)],
-                       scales.get(l.node, 1.0))
-            for l in layers  # noqa: E741
-        )  # fmt: skip
-        return NetworkCostModel(target, fp_hash, entries, residual, cal.get("total_ms"))
+        cal = dict(db.get_calibration(target, fp_hash, model_key(model)) or {})
+        cal.setdefault("residual_ms", analytic_cost_model(source).residual_ms)
+        return assemble_cost_model(target, fp_hash, layers, staircases, cal)
     return None
-
-
-class _StoredBoard(Backend):
-    """Answers from the database only; asking for a new point raises :class:`_NotStored`."""
-
-    name = "stored-board"
-
-    def __init__(self, fingerprint: dict, fp_hash: str):
-        self._fingerprint, self._hash = fingerprint, fp_hash
-
-    def fingerprint(self) -> dict:
-        return self._fingerprint
-
-    def fingerprint_hash(self) -> str:
-        return self._hash
-
-    def prepare(self, model):
-        raise _NotStored(self._hash)

@@ -28,7 +28,12 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from onnx_hwprune.cost_models.network import LayerEntry, NetworkCostModel
+from onnx_hwprune.cost_models.network import (
+    NetworkCostModel,
+    assemble_cost_model,
+    layer_key,
+    require_layers,
+)
 from onnx_hwprune.cost_models.profile_db import ProfileDB
 from onnx_hwprune.cost_models.signature import Layer, LayerSignature, extract_layers
 from onnx_hwprune.cost_models.staircase import (
@@ -37,7 +42,6 @@ from onnx_hwprune.cost_models.staircase import (
     detect_axis,
     exhaustive_axis,
 )
-from onnx_hwprune.errors import UserError
 from onnx_hwprune.runtime.backend import Backend
 from onnx_hwprune.runtime.microbench import measure_points
 from onnx_hwprune.runtime.timing import TimingConfig, measure
@@ -107,7 +111,7 @@ def profile_layers(
     deadline = time.monotonic() + options.time_budget_s if options.time_budget_s else None
     distinct: dict[tuple[str, int, int], Layer] = {}
     for layer in layers:
-        distinct.setdefault(_key(layer), layer)
+        distinct.setdefault(layer_key(layer), layer)
     models = {}
     for index, (key, layer) in enumerate(distinct.items()):
         label = f"{layer.node}: {layer.signature.describe()}"
@@ -209,7 +213,7 @@ def calibrate(
     latency measured elsewhere (e.g. interleaved with pruned variants).
     """
     total = total_ms if total_ms is not None else _time_model(model, backend, timing)
-    micro = {l.node: models[_key(l)].full_ms for l in layers}  # noqa: E741
+    micro = {l.node: models[layer_key(l)].full_ms for l in layers}  # noqa: E741
     node_times = getattr(backend, "node_times", None)
     if node_times is None:
         return total, 0.0, dict.fromkeys(micro, total / sum(micro.values()))
@@ -229,10 +233,6 @@ def _time_model(model: onnx.ModelProto, backend: Backend, timing: TimingConfig |
         runnable.close()
 
 
-def _key(layer: Layer) -> tuple[str, int, int]:
-    return (layer.signature.key(), layer.in_channels, layer.out_channels)
-
-
 def build_cost_model(
     source,
     backend: Backend,
@@ -246,8 +246,7 @@ def build_cost_model(
     The calibration is stored in ``db`` under the model's hash and reused next time.
     """
     model, layers = load_model_and_layers(source)
-    if not layers:
-        raise UserError("the model has no prunable Conv/Gemm/MatMul layer with constant weights")
+    require_layers(layers)
     models = profile_layers(layers, backend, target, db, options, progress)
     fp, mkey = backend.fingerprint_hash(), model_key(model)
     cal = db.get_calibration(target, fp, mkey) if db else None
@@ -256,14 +255,4 @@ def build_cost_model(
         cal = {"total_ms": total, "residual_ms": residual, "scales": scales}
         if db:
             db.put_calibration(target, fp, mkey, cal)
-    entries = tuple(
-        LayerEntry(
-            l.node,
-            l.in_channels,
-            l.out_channels,
-            models[_key(l)],  # noqa: E741
-            cal["scales"].get(l.node, 1.0),
-        )
-        for l in layers  # noqa: E741
-    )
-    return NetworkCostModel(target, fp, entries, cal["residual_ms"], cal["total_ms"])
+    return assemble_cost_model(target, fp, layers, models, cal)
