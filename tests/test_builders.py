@@ -9,10 +9,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from onnx_hwprune.frontends.builders import IR_VERSION, GraphBuilder
-from onnx_hwprune.frontends.builders.families import FAMILIES, INPUT_SHAPE, output_shape
-from onnx_hwprune.frontends.builders.networks import NETWORKS, NUM_CLASSES
-from onnx_hwprune.frontends.builders.zoo import LIGHT_ZOO, light_zoo_path, load_light_zoo
+from onnx_hwprune.testing import IR_VERSION, GraphBuilder
+from onnx_hwprune.testing.families import FAMILIES, INPUT_SHAPE, output_shape
+from onnx_hwprune.testing.networks import NETWORKS, NUM_CLASSES
+from onnx_hwprune.testing.zoo import LIGHT_ZOO, light_zoo_path, load_light_zoo
 
 # Models over ~300 MB take seconds to build, check and run.
 _SLOW_NETWORKS = {"vgg16"}

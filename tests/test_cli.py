@@ -14,7 +14,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from onnx_hwprune.frontends.builders.families import FAMILIES
+from onnx_hwprune.testing.families import FAMILIES
 
 REPO = Path(__file__).resolve().parents[1]
 

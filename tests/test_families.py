@@ -14,13 +14,13 @@ import onnx_graphsurgeon as gs
 import pytest
 from helpers import group_of, random_inputs, run, zero_channels, zero_preserving
 
-from onnx_hwprune.frontends.builders.families import FAMILIES
 from onnx_hwprune.frontends.onnx import export_model, load_graph, normalize_model, verify_model
 from onnx_hwprune.passes.analysis.channel_groups import analyze_channel_groups
 from onnx_hwprune.passes.analysis.importance import channel_importance
 from onnx_hwprune.passes.plan.baselines import global_plan, uniform_plan
 from onnx_hwprune.passes.plan.plan import Plan
 from onnx_hwprune.passes.transform.remove_channels import remove_channels
+from onnx_hwprune.testing.families import FAMILIES
 
 FAMILY_NAMES = sorted(FAMILIES)
 

@@ -21,8 +21,6 @@ from helpers import random_inputs, run
 from onnx_hwprune.cost_models.profile_db import ProfileDB
 from onnx_hwprune.cost_models.signature import LayerSignature
 from onnx_hwprune.errors import UserError
-from onnx_hwprune.frontends.builders.families import FAMILIES
-from onnx_hwprune.frontends.builders.networks import NETWORKS
 from onnx_hwprune.frontends.onnx import export_model, load_graph, with_static_inputs
 from onnx_hwprune.runtime.backend import Backend, Runnable
 from onnx_hwprune.runtime.gpu_targets import (
@@ -36,6 +34,8 @@ from onnx_hwprune.runtime.gpu_targets import (
 from onnx_hwprune.runtime.microbench import build_layer_model
 from onnx_hwprune.runtime.profiler import build_cost_model
 from onnx_hwprune.runtime.targets import build_targets
+from onnx_hwprune.testing.families import FAMILIES
+from onnx_hwprune.testing.networks import NETWORKS
 
 REPO = Path(__file__).resolve().parents[1]
 

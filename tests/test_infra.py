@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 
 from onnx_hwprune import Module, Pass, PassContext, Sequential, TimingInstrument, UserError, prune
-from onnx_hwprune.frontends.builders.families import FAMILIES
 from onnx_hwprune.frontends.onnx import load_graph
 from onnx_hwprune.passes._infra import PassError
 from onnx_hwprune.passes.analysis.channel_groups import ChannelGroupAnalysis
 from onnx_hwprune.passes.analysis.importance import ChannelImportance
 from onnx_hwprune.passes.plan.baselines import GlobalPlanner, UniformPlanner
 from onnx_hwprune.passes.transform.remove_channels import RemoveChannels
+from onnx_hwprune.testing.families import FAMILIES
 
 
 @pytest.fixture(scope="module")

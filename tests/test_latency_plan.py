@@ -8,12 +8,12 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from onnx_hwprune.frontends.builders.families import FAMILIES
 from onnx_hwprune.frontends.onnx import load_graph
 from onnx_hwprune.passes.analysis.channel_groups import analyze_channel_groups
 from onnx_hwprune.passes.analysis.importance import channel_importance
 from onnx_hwprune.passes.plan.baselines import uniform_plan
 from onnx_hwprune.passes.plan.latency import LatencyPlanner
+from onnx_hwprune.testing.families import FAMILIES
 
 
 @dataclass(frozen=True)

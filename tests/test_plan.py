@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from onnx_hwprune import UserError
-from onnx_hwprune.frontends.builders.families import FAMILIES
 from onnx_hwprune.frontends.onnx import load_graph
 from onnx_hwprune.passes.analysis.channel_groups import analyze_channel_groups
 from onnx_hwprune.passes.analysis.importance import channel_importance
 from onnx_hwprune.passes.plan.baselines import global_plan, keep_top, uniform_plan
 from onnx_hwprune.passes.plan.plan import GroupPlan, Plan
+from onnx_hwprune.testing.families import FAMILIES
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 from helpers import random_inputs, run
 
 from onnx_hwprune import prune
-from onnx_hwprune.frontends.builders.zoo import LIGHT_ZOO, load_light_zoo
+from onnx_hwprune.testing.zoo import LIGHT_ZOO, load_light_zoo
 
 # The three large ones (VGG-19, AlexNet, ZFNet: 0.2-0.5 GB of FC weights) take ~10-30 s each.
 _LARGE = {"vgg19", "bvlc_alexnet", "zfnet512"}

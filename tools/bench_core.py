@@ -1,6 +1,6 @@
 """Benchmark of the core pass: time and peak memory of analysis + channel removal.
 
-Measures, for each network built by ``onnx_hwprune.frontends.builders.networks`` (random
+Measures, for each network built by ``onnx_hwprune.testing.networks`` (random
 weights, fixed seed), in a fresh process per network so peaks do not mix:
 
 - ``load``: file -> normalised IR (opset upgrade, folding, shape inference);
@@ -104,7 +104,7 @@ def _child(path: str, repeats: int) -> dict:
 def _bench(name: str, repeats: int, workdir: Path) -> dict:
     import onnx
 
-    from onnx_hwprune.frontends.builders.networks import NETWORKS
+    from onnx_hwprune.testing.networks import NETWORKS
 
     path = workdir / f"{name}.onnx"
     onnx.save(NETWORKS[name](seed=0), path)

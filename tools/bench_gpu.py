@@ -39,7 +39,6 @@ import onnx
 
 from onnx_hwprune._version import __version__
 from onnx_hwprune.cost_models.profile_db import ProfileDB
-from onnx_hwprune.frontends.builders.networks import NETWORKS
 from onnx_hwprune.frontends.onnx import export_model, load_graph, with_static_inputs
 from onnx_hwprune.runtime.cudnn import CudnnBackend, cuda_available
 from onnx_hwprune.runtime.gpu_targets import (
@@ -51,6 +50,7 @@ from onnx_hwprune.runtime.gpu_targets import (
 )
 from onnx_hwprune.runtime.microbench import measure_points
 from onnx_hwprune.runtime.profiler import build_cost_model, load_model_and_layers
+from onnx_hwprune.testing.networks import NETWORKS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_pruning  # noqa: E402 - the CPU benchmark's planners, rows, table and plot

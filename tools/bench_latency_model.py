@@ -38,7 +38,6 @@ import onnx_graphsurgeon as gs
 from onnx_hwprune.cost_models.network import LayerEntry, NetworkCostModel, prediction_report
 from onnx_hwprune.cost_models.profile_db import ProfileDB
 from onnx_hwprune.cost_models.signature import extract_layers
-from onnx_hwprune.frontends.builders.networks import NETWORKS
 from onnx_hwprune.frontends.onnx import normalize_model
 from onnx_hwprune.runtime.microbench import measure_points
 from onnx_hwprune.runtime.profiler import (
@@ -48,6 +47,7 @@ from onnx_hwprune.runtime.profiler import (
 )
 from onnx_hwprune.runtime.targets import get_target
 from onnx_hwprune.runtime.timing import TimingConfig, measure
+from onnx_hwprune.testing.networks import NETWORKS
 
 logger = logging.getLogger("bench")
 _PER_CHANNEL = ("BatchNormalization", "Relu", "Clip", "MaxPool")

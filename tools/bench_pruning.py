@@ -27,8 +27,6 @@ import time
 from pathlib import Path
 
 from onnx_hwprune.cost_models.profile_db import ProfileDB
-from onnx_hwprune.frontends.builders.networks import NETWORKS
-from onnx_hwprune.frontends.builders.zoo import load_light_zoo
 from onnx_hwprune.frontends.onnx import export_model, load_graph, with_static_inputs
 from onnx_hwprune.passes.analysis.channel_groups import analyze_channel_groups
 from onnx_hwprune.passes.analysis.importance import channel_importance
@@ -38,6 +36,8 @@ from onnx_hwprune.passes.transform.remove_channels import remove_channels
 from onnx_hwprune.runtime.profiler import build_cost_model
 from onnx_hwprune.runtime.targets import get_target
 from onnx_hwprune.runtime.timing import TimingConfig, measure
+from onnx_hwprune.testing.networks import NETWORKS
+from onnx_hwprune.testing.zoo import load_light_zoo
 
 
 def _network(name: str, image_size: int):

@@ -12,7 +12,7 @@ With a symbolic batch (``batch="N"``) the constant Reshape targets hold 0 for th
 
 Example::
 
-    from onnx_hwprune.frontends.builders.families import FAMILIES
+    from onnx_hwprune.testing.families import FAMILIES
 
     model = FAMILIES["resnet_basic"](seed=0, batch="N")
 """

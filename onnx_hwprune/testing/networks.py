@@ -12,7 +12,7 @@ Differences from torchvision: no Dropout; VGG-16 has no AdaptiveAvgPool (an iden
 
 Example::
 
-    from onnx_hwprune.frontends.builders.networks import NETWORKS
+    from onnx_hwprune.testing.networks import NETWORKS
 
     model = NETWORKS["resnet50"](seed=0)
 """
