@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import zipfile
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -31,8 +31,10 @@ from onnx_hwprune.errors import UserError
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "BatchFactory",
     "InputSpec",
     "Preprocess",
+    "calib_factory",
     "input_specs",
     "iter_calibration",
 ]
@@ -412,3 +414,34 @@ def _load_image(path: Path, prep: Preprocess) -> np.ndarray:
     std = np.asarray(prep.std, np.float32)
     pixels = (pixels * np.float32(prep.scale) - mean) / std
     return pixels.transpose(2, 0, 1) if prep.layout == "NCHW" else pixels
+
+
+BatchFactory = Callable[[], Iterable[Mapping[str, np.ndarray]]]
+"""Calibration data is read several times (once per statistic or layer): a callable
+returning a fresh iterable of batches each time."""
+
+
+def calib_factory(
+    source: Any,
+    model: onnx.ModelProto,
+    batch_size: int = 64,
+    preprocess: Preprocess | str | None = None,
+    limit: int | None = None,
+) -> BatchFactory:
+    """A re-iterable source of checked calibration batches for ``model``.
+
+    ``source`` is anything ``iter_calibration`` takes (npz path, image folder, arrays,
+    dict, list of batches; a one-shot generator is refused since it is read many times).
+    The first batch is read at once, so bad data fails here with a :class:`UserError`
+    before any work.
+    """
+    if isinstance(source, Iterable) and iter(source) is source:
+        raise UserError("calibration data is read several times: pass a list, not a generator")
+    prep = Preprocess.parse(preprocess) if isinstance(preprocess, str) else preprocess
+    specs = input_specs(model)
+
+    def factory() -> Iterable[Mapping[str, np.ndarray]]:
+        return iter_calibration(source, specs, batch_size, prep, limit)
+
+    next(iter(factory()))
+    return factory

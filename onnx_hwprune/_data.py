@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import onnx
 
 from onnx_hwprune.errors import UserError
@@ -14,7 +13,7 @@ from onnx_hwprune.passes.analysis.data_importance import DATA_CRITERIA
 from onnx_hwprune.passes.analysis.groups import ChannelGroups
 from onnx_hwprune.passes.plan.plan import Plan
 
-__all__ = ["calibration", "data_scores", "recover_model", "accuracy_section"]
+__all__ = ["activations", "calibration", "recover_model", "accuracy_section"]
 
 
 def calibration(opts: PruneOptions, source: onnx.ModelProto):
@@ -23,17 +22,16 @@ def calibration(opts: PruneOptions, source: onnx.ModelProto):
         if opts.criterion in DATA_CRITERIA:
             raise UserError(f"--criterion {opts.criterion} needs calibration data (--calib)")
         return None
-    from onnx_hwprune.runtime.recovery import calib_factory
+    from onnx_hwprune.frontends.calib import calib_factory
 
     return calib_factory(opts.calib, source, opts.calib_batch, opts.preprocess, opts.calib_limit)
 
 
-def data_scores(
-    opts: PruneOptions, source: onnx.ModelProto, groups: ChannelGroups, factory
-) -> dict[str, np.ndarray]:
-    from onnx_hwprune.runtime.recovery import data_importance
+def activations(factory):
+    """The activation provider passes read from ``PassContext.activations``."""
+    from onnx_hwprune.runtime.calib_stats import channel_stats_provider
 
-    return data_importance(source, groups, opts.criterion, factory)
+    return channel_stats_provider(factory)
 
 
 def recover_model(

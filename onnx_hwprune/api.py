@@ -24,7 +24,7 @@ from onnx_hwprune.frontends.onnx import ModelSource, export_model, load_graph, v
 from onnx_hwprune.options import PruneOptions
 from onnx_hwprune.passes._infra import Module, Pass, PassContext, Sequential
 from onnx_hwprune.passes.analysis.channel_groups import ChannelGroupAnalysis
-from onnx_hwprune.passes.analysis.data_importance import DATA_CRITERIA
+from onnx_hwprune.passes.analysis.data_importance import DATA_CRITERIA, DataImportance
 from onnx_hwprune.passes.analysis.importance import ChannelImportance
 from onnx_hwprune.passes.analysis.stats import model_stats
 from onnx_hwprune.passes.plan.latency import SnapPass
@@ -83,7 +83,7 @@ def prune(
     if opts.needs_cost_model():
         cost, backend = _latency.cost_model(opts, source, progress)
         ctx = replace(ctx, cost_model=cost, target=_target(opts))
-    planned = _plan(opts, mod, source, factory, ctx)
+    planned = _plan(opts, mod, factory, ctx)
     pruned_mod = RemoveChannels()(planned, ctx)
     out = export_model(pruned_mod.graph)
     if opts.recover:
@@ -108,12 +108,11 @@ def _target(opts: PruneOptions):
     return get_target(opts.target, measurable=False)
 
 
-def _plan(
-    opts: PruneOptions, mod: Module, source: onnx.ModelProto, factory, ctx: PassContext
-) -> Module:
+def _plan(opts: PruneOptions, mod: Module, factory, ctx: PassContext) -> Module:
     if get_method(opts.resolved_method()).needs_scores or opts.snap:
         if opts.criterion in DATA_CRITERIA:
-            mod = mod.replace(scores=_data.data_scores(opts, source, mod.groups, factory))
+            data_ctx = replace(ctx, activations=_data.activations(factory))
+            mod = DataImportance(opts.criterion)(mod, data_ctx)
         else:
             mod = ChannelImportance(opts.criterion)(mod, ctx)
     return Sequential(planning_passes(opts), "plan")(mod, ctx)

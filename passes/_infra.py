@@ -104,6 +104,10 @@ class PassContext:
     config: Mapping[str, Any] = field(default_factory=dict)
     instruments: Sequence[PassInstrument] = ()
     cost_model: Any = None  # the target's cost model (cost_models.NetworkCostModel), if any
+    # Activation provider: ``activations(graph, {reducer kind: tensor names})`` ->
+    # ``{kind: {tensor: per-channel statistic}}`` over calibration data. The runtime
+    # makes one (runtime.calib_stats.channel_stats_provider); passes never run models.
+    activations: Any = None
 
     _current: ClassVar[contextvars.ContextVar[PassContext | None]] = contextvars.ContextVar(
         "onnx_hwprune_pass_context", default=None

@@ -19,7 +19,7 @@ not grow with the number of samples:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -48,6 +48,7 @@ __all__ = [
     "ChannelMeanSquare",
     "ChannelMoments",
     "accumulate_normal_equations",
+    "channel_stats_provider",
     "collect_channel_stats",
     "paired_moments",
     "patch_column_means",
@@ -217,3 +218,15 @@ def paired_moments(
             moments_o(name, orig[name])
             moments_p(name, prun[name])
     return {name: (moments_o.result(name), moments_p.result(name)) for name in tensors}
+
+
+def channel_stats_provider(factory: Callable[[], Batches]):
+    """The context's activation provider (``PassContext.activations``) over calibration
+    batches: ``provider(graph, requests) -> {reducer kind: {tensor: statistic}}``, one
+    streamed pass of the graph's model over ``factory()``."""
+    from onnx_hwprune.frontends.onnx import export_model
+
+    def provide(graph, requests: Mapping[str, Sequence[str]]) -> dict[str, dict[str, np.ndarray]]:
+        return collect_channel_stats(export_model(graph), factory(), requests)
+
+    return provide

@@ -2,7 +2,7 @@
 
 ::
 
-    batches = calib_factory("digits_calib.npz", original, batch_size=64)
+    batches = calib_factory("digits_calib.npz", original, batch_size=64)  # frontends.calib
     scores = data_importance(original, groups, "reconstruction", batches)
     plan = uniform_plan(groups, scores, 0.5)
     pruned = export_model(remove_channels(graph, groups, plan))
@@ -29,7 +29,7 @@ each, in order). The original model is never modified; the result is a new model
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,13 +38,10 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
-from onnx_hwprune.errors import UserError
-from onnx_hwprune.frontends.calib import Preprocess, input_specs, iter_calibration
+from onnx_hwprune.frontends.calib import BatchFactory
 from onnx_hwprune.frontends.onnx import export_model
-from onnx_hwprune.passes.analysis.data_importance import (
-    data_channel_importance,
-    required_statistics,
-)
+from onnx_hwprune.passes._infra import Module, PassContext
+from onnx_hwprune.passes.analysis.data_importance import DataImportance
 from onnx_hwprune.passes.analysis.groups import ChannelGroups
 from onnx_hwprune.passes.plan.plan import Plan
 from onnx_hwprune.passes.transform.recover import (
@@ -57,47 +54,19 @@ from onnx_hwprune.passes.transform.recover import (
 from onnx_hwprune.passes.transform.remove_channels import kept_positions
 from onnx_hwprune.runtime.calib_stats import (
     accumulate_normal_equations,
-    collect_channel_stats,
+    channel_stats_provider,
     paired_moments,
     patch_column_means,
 )
 
-__all__ = ["RECOVERY_METHODS", "BatchFactory", "calib_factory", "data_importance", "recover"]
+__all__ = ["RECOVERY_METHODS", "data_importance", "recover"]
 
 logger = logging.getLogger(__name__)
-
-BatchFactory = Callable[[], Iterable[Mapping[str, np.ndarray]]]
 
 RECOVERY_METHODS: dict[str, str] = {
     "lsq": "refit consumer layers by ridge least squares + bias, then refresh BatchNorm",
     "bias": "bias compensation of removed channels only, then refresh BatchNorm",
 }
-
-
-def calib_factory(
-    source: Any,
-    model: onnx.ModelProto,
-    batch_size: int = 64,
-    preprocess: Preprocess | str | None = None,
-    limit: int | None = None,
-) -> BatchFactory:
-    """A re-iterable source of checked calibration batches for ``model``.
-
-    ``source`` is anything ``iter_calibration`` takes (npz path, image folder, arrays,
-    dict, list of batches; a one-shot generator is refused since it is read many times).
-    The first batch is read at once, so bad data fails here with a :class:`UserError`
-    before any work.
-    """
-    if isinstance(source, Iterable) and iter(source) is source:
-        raise UserError("calibration data is read several times: pass a list, not a generator")
-    prep = Preprocess.parse(preprocess) if isinstance(preprocess, str) else preprocess
-    specs = input_specs(model)
-
-    def factory() -> Iterable[Mapping[str, np.ndarray]]:
-        return iter_calibration(source, specs, batch_size, prep, limit)
-
-    next(iter(factory()))
-    return factory
 
 
 def _as_model(model: onnx.ModelProto | gs.Graph) -> onnx.ModelProto:
@@ -120,12 +89,9 @@ def data_importance(
     Raises:
         UserError: unusable calibration data.
     """
-    proto = _as_model(model)
-    stats = collect_channel_stats(
-        proto, calib_batches_factory(), required_statistics(groups, criterion)
-    )
-    weights = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
-    return data_channel_importance(groups, criterion, stats, weights)
+    graph = model if isinstance(model, gs.Graph) else gs.import_onnx(model)
+    ctx = PassContext(activations=channel_stats_provider(calib_batches_factory))
+    return dict(DataImportance(criterion)(Module(graph, groups), ctx).scores)
 
 
 def recover(

@@ -32,7 +32,6 @@ from onnx_hwprune.errors import UserError
 from onnx_hwprune.runtime.backend import Backend, Runnable
 
 if TYPE_CHECKING:
-
     import onnx
 
 __all__ = [

@@ -10,6 +10,7 @@ import pytest
 from helpers import run
 from onnx import TensorProto, helper, numpy_helper
 
+from onnx_hwprune.frontends.calib import calib_factory
 from onnx_hwprune.frontends.onnx import load_graph, normalize_model
 from onnx_hwprune.passes.analysis.channel_groups import analyze_channel_groups
 from onnx_hwprune.passes.analysis.data_importance import (
@@ -19,7 +20,8 @@ from onnx_hwprune.passes.analysis.data_importance import (
 )
 from onnx_hwprune.runtime.activations import with_extra_outputs
 from onnx_hwprune.runtime.calib_stats import REDUCERS
-from onnx_hwprune.runtime.recovery import calib_factory, data_importance
+from onnx_hwprune.runtime.recovery import data_importance
+from onnx_hwprune.testing.families import FAMILIES
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -100,3 +102,31 @@ def test_unknown_criterion_is_refused(small):
     model, groups, x = small
     with pytest.raises(ValueError, match="unknown data criterion"):
         data_importance(model, groups, "l7", calib_factory(x, model))
+
+
+def test_data_importance_pass_reads_the_context_provider():
+    """The pass asks the context's provider for exactly the statistics it needs."""
+    from onnx_hwprune.passes._infra import Module, PassContext, PassError
+    from onnx_hwprune.passes.analysis.data_importance import DataImportance, required_statistics
+
+    graph = load_graph(FAMILIES["vgg"]())
+    groups = analyze_channel_groups(graph)
+    asked = []
+
+    def provider(g, requests):
+        asked.append(requests)
+        return {
+            kind: {t: np.ones(_channels(g, t)) for t in names} for kind, names in requests.items()
+        }
+
+    mod = Module(graph, groups)
+    with pytest.raises(PassError, match="activations"):
+        DataImportance("mean_abs")(mod, PassContext())
+    scores = DataImportance("mean_abs")(mod, PassContext(activations=provider)).scores
+    assert asked == [required_statistics(groups, "mean_abs")]
+    assert set(scores) == {g.name for g in groups.prunable}
+    assert all(np.allclose(s, s[0]) for s in scores.values())  # equal statistics, equal scores
+
+
+def _channels(graph, tensor: str) -> int:
+    return int(graph.tensors()[tensor].shape[1])

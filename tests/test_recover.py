@@ -12,6 +12,7 @@ from helpers import run
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx_hwprune.errors import UserError
+from onnx_hwprune.frontends.calib import calib_factory
 from onnx_hwprune.frontends.onnx import export_model, load_graph, normalize_model, verify_model
 from onnx_hwprune.passes.analysis.channel_groups import analyze_channel_groups
 from onnx_hwprune.passes.analysis.importance import channel_importance
@@ -26,7 +27,7 @@ from onnx_hwprune.passes.transform.recover import (
 )
 from onnx_hwprune.passes.transform.remove_channels import remove_channels
 from onnx_hwprune.runtime.evaluate import evaluate
-from onnx_hwprune.runtime.recovery import calib_factory, recover
+from onnx_hwprune.runtime.recovery import recover
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 C_IN, C_MID, HW = 3, 8, 6

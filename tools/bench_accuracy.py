@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from onnx_hwprune.frontends.calib import calib_factory
 from onnx_hwprune.frontends.onnx import export_model, load_graph, normalize_model
 from onnx_hwprune.passes.analysis.channel_groups import analyze_channel_groups
 from onnx_hwprune.passes.analysis.data_importance import DATA_CRITERIA
@@ -32,7 +33,7 @@ from onnx_hwprune.passes.analysis.stats import model_stats
 from onnx_hwprune.passes.plan.baselines import uniform_plan
 from onnx_hwprune.passes.transform.remove_channels import remove_channels
 from onnx_hwprune.runtime.evaluate import evaluate
-from onnx_hwprune.runtime.recovery import calib_factory, data_importance, recover
+from onnx_hwprune.runtime.recovery import data_importance, recover
 
 __all__ = ["main", "ratio_for_reduction"]
 

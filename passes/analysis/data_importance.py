@@ -34,12 +34,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
+import onnx_graphsurgeon as gs
 
+from onnx_hwprune.passes._infra import Module, Pass, PassContext, PassError
 from onnx_hwprune.passes.analysis.groups import ChannelGroup, ChannelGroups, Member
 
 __all__ = [
     "DATA_CRITERIA",
     "DataCriterion",
+    "DataImportance",
     "consumer_pairs",
     "data_channel_importance",
     "observed_members",
@@ -156,3 +159,33 @@ def data_channel_importance(
     spec = _criterion(criterion)
     per_tensor = stats[spec.reducer]
     return {g.name: spec.score(g, per_tensor, weights) for g in groups.prunable}
+
+
+class DataImportance(Pass):
+    """Analysis pass: channel scores from calibration data (``Module.scores``).
+
+    The statistics come from ``PassContext.activations`` (the runtime runs the model;
+    this pass only says which tensors and reducers it needs, then scores).
+    """
+
+    name = "DataImportance"
+
+    def __init__(self, criterion: str) -> None:
+        _criterion(criterion)
+        self.criterion = criterion
+
+    def requires(self, mod: Module) -> None:
+        if mod.groups is None:
+            raise PassError(f"{self.name} needs ChannelGroupAnalysis first")
+
+    def run(self, mod: Module, ctx: PassContext) -> Module:
+        if ctx.activations is None:
+            raise PassError(f"{self.name} needs PassContext(activations=...) over calibration data")
+        stats = ctx.activations(mod.graph, required_statistics(mod.groups, self.criterion))
+        weights = {
+            t.name: np.asarray(t.values)
+            for t in mod.graph.tensors().values()
+            if isinstance(t, gs.Constant)
+        }
+        scores = data_channel_importance(mod.groups, self.criterion, stats, weights)
+        return mod.replace(scores=scores)

@@ -117,4 +117,3 @@ class GlobalPlanner(_BaselinePlanner):
             ctx.get("plan.max_group_ratio"),
         )
         return mod.replace(plan=plan)
-
