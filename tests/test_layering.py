@@ -26,7 +26,7 @@ _ONNX = ("onnx", "onnxruntime", "tvm")
 RULES: dict[str, tuple[str, ...]] = {
     "frontends": _RUNTIME + _API,
     "passes": _RUNTIME + _API + _ONNX,
-    "cost_models": _RUNTIME + _API + _ONNX + ("onnx_hwprune.frontends",),
+    "cost_models": _RUNTIME + _API + _ONNX + ("onnx_hwprune.frontends", "onnx_hwprune.passes"),
 }
 
 
