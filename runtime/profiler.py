@@ -36,12 +36,8 @@ from onnx_hwprune.cost_models.network import (
 )
 from onnx_hwprune.cost_models.profile_db import ProfileDB
 from onnx_hwprune.cost_models.signature import Layer, LayerSignature, extract_layers
-from onnx_hwprune.cost_models.staircase import (
-    SearchConfig,
-    StaircaseModel,
-    detect_axis,
-    exhaustive_axis,
-)
+from onnx_hwprune.cost_models.stair_search import detect_axis, exhaustive_axis
+from onnx_hwprune.cost_models.staircase import SearchConfig, StaircaseModel
 from onnx_hwprune.runtime.backend import Backend
 from onnx_hwprune.runtime.microbench import measure_points
 from onnx_hwprune.runtime.timing import TimingConfig, measure

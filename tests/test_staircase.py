@@ -7,13 +7,8 @@ import random
 
 import pytest
 
-from onnx_hwprune.cost_models.staircase import (
-    AxisProfile,
-    SearchConfig,
-    StaircaseModel,
-    detect_axis,
-    exhaustive_axis,
-)
+from onnx_hwprune.cost_models.stair_search import detect_axis, exhaustive_axis
+from onnx_hwprune.cost_models.staircase import AxisProfile, SearchConfig, StaircaseModel
 
 
 def _staircase(step: int, base: float, per_step: float, align: int = 1, cliff: float = 1.6):
