@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from onnx_hwprune.errors import UserError
+from onnx_hwprune.passes.plan.baselines import check_ratio
 from onnx_hwprune.passes.plan.budget import LatencyBudget
 from onnx_hwprune.passes.plan.methods import METHODS, Method, choosable_methods
 from onnx_hwprune.passes.plan.plan import Plan
@@ -79,8 +80,8 @@ class PruneOptions:
 
     def validate(self) -> None:
         method, drive = self.resolved_method(), self.method_record().drive
-        if self.ratio is not None and not 0.0 <= self.ratio < 1.0:
-            raise UserError(f"ratio must be in [0, 1), got {self.ratio}")
+        if self.ratio is not None:
+            check_ratio(self.ratio)
         if drive == "budget" and self.ratio is not None:
             raise UserError(
                 f"--ratio and --method {method} exclude each other: give --latency-budget"

@@ -22,9 +22,9 @@ def _ratio(text: str) -> float:
         value = float(text)
     except ValueError:
         raise UserError(f"--ratio must be a number in [0, 1), got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise UserError(f"--ratio must be in [0, 1), got {value}")
-    return value
+    from onnx_hwprune.passes.plan.baselines import check_ratio
+
+    return check_ratio(value, "--ratio")
 
 
 def _budget(text: str):

@@ -23,7 +23,21 @@ from onnx_hwprune.passes._infra import Module, Pass, PassContext, PassError
 from onnx_hwprune.passes.analysis.groups import ChannelGroups
 from onnx_hwprune.passes.plan.plan import GroupPlan, Plan
 
-__all__ = ["GlobalPlanner", "UniformPlanner", "global_plan", "keep_top", "uniform_plan"]
+__all__ = [
+    "GlobalPlanner",
+    "UniformPlanner",
+    "check_ratio",
+    "global_plan",
+    "keep_top",
+    "uniform_plan",
+]
+
+
+def check_ratio(ratio: float, name: str = "ratio") -> float:
+    """``ratio`` if it is a share of channels to remove, in [0, 1); else :class:`UserError`."""
+    if not 0.0 <= ratio < 1.0:
+        raise UserError(f"{name} must be in [0, 1), got {ratio}")
+    return ratio
 
 
 def keep_top(scores: np.ndarray, n_keep: int) -> tuple[int, ...]:
@@ -84,9 +98,7 @@ def global_plan(
 
 class _BaselinePlanner(Pass):
     def __init__(self, ratio: float) -> None:
-        if not 0.0 <= ratio < 1.0:
-            raise UserError(f"ratio must be in [0, 1), got {ratio}")
-        self.ratio = ratio
+        self.ratio = check_ratio(ratio)
 
     def requires(self, mod: Module) -> None:
         if mod.groups is None or mod.scores is None:
