@@ -28,6 +28,7 @@ from onnx_hwprune.passes.analysis.data_importance import DATA_CRITERIA
 from onnx_hwprune.passes.analysis.importance import ChannelImportance
 from onnx_hwprune.passes.analysis.stats import model_stats
 from onnx_hwprune.passes.plan.baselines import PLANNERS
+from onnx_hwprune.passes.plan.exact import ExactPlannerPass
 from onnx_hwprune.passes.plan.latency import LatencyPlannerPass, SnapPass
 from onnx_hwprune.passes.transform.remove_channels import RemoveChannels, UsePlan
 from onnx_hwprune.report import build_report
@@ -52,6 +53,8 @@ def planning_passes(opts: PruneOptions) -> list[Pass]:
     method = opts.resolved_method()
     if method == "plan":
         passes: list[Pass] = [UsePlan(opts.plan)]
+    elif method == "latency" and opts.planner == "exact":
+        passes = [ExactPlannerPass(opts.effective_budget, opts.memory_budget)]
     elif method == "latency":
         passes = [LatencyPlannerPass(opts.effective_budget)]
     elif method in PLANNERS:

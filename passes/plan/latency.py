@@ -257,7 +257,8 @@ def _planner(mod: Module, ctx: PassContext) -> LatencyPlanner:
         raise PassError("latency planning needs PassContext(cost_model=...) for the target")
     nodes = [entry.node for entry in cost.layers]
     settings = [
-        ctx.get(f"plan.{k}") for k in ("min_channels", "stair_tolerance", "channel_multiple")
+        ctx.get(f"plan.{k}")
+        for k in ("min_channels", "stair_tolerance", "channel_multiple", "max_group_ratio")
     ]
     return LatencyPlanner(mod.graph, mod.groups, mod.scores, cost, nodes, *settings)
 
