@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
+import subprocess
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -218,3 +222,53 @@ def test_memory_budget_parsing():
     for bad in ("0", "1.5", "3XB", "weights=0.5,weights=0.4", "foo=1"):
         with pytest.raises(UserError):
             MemoryBudget.parse(bad)
+
+
+_EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "onnx_hwprune", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("target", ["mali", pytest.param("cpu", marks=pytest.mark.slow)])
+def test_default_job_plans_exactly_on_the_digits_example(tmp_path, target):
+    """The default job (--method latency, budget 0.7) with the exact planner writes a
+    valid model that meets the budget on the target's cost model, and records how."""
+    out, report = tmp_path / "out.onnx", tmp_path / "r.json"
+    extra = ["--threads", "1", "--no-measure"] if target == "cpu" else []
+    proc = _cli(str(_EXAMPLES / "digits_resnet.onnx"), str(out), "--target", target,
+                "--report", str(report), *extra)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    onnx.checker.check_model(onnx.load(out), full_check=True)
+    data = json.loads(report.read_text())
+    meta = data["plan"]["meta"]
+    assert meta["planner"] == "exact" and meta["status"] in ("optimal", "time_limit")
+    assert meta["importance_loss"] <= meta["greedy_loss"] + 1e-9
+    before, after = data["latency"]["predicted"]["network_ms"]
+    assert after <= 0.7 * before * (1 + 1e-9)
+    assert data["options"]["planner"] == "exact"
+
+
+def test_planner_and_memory_flags_are_checked(tmp_path):
+    model, out = str(_EXAMPLES / "digits_resnet.onnx"), str(tmp_path / "o.onnx")
+    for args, words in (
+        (["--planner", "nope"], "--planner"),
+        (["--memory-budget", "3XB"], "--memory-budget"),
+        (["--ratio", "0.3", "--memory-budget", "0.5"], "--memory-budget needs"),
+        (["--planner", "greedy", "--memory-budget", "0.5"], "--memory-budget needs"),
+    ):
+        proc = _cli(model, out, "--target", "mali", *args)
+        assert proc.returncode == 2 and words in proc.stderr, (args, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1
+        assert not Path(out).exists()
+
+
+def test_greedy_planner_still_selectable(tmp_path):
+    out, report = tmp_path / "out.onnx", tmp_path / "r.json"
+    proc = _cli(str(_EXAMPLES / "digits_resnet.onnx"), str(out), "--target", "mali",
+                "--planner", "greedy", "--report", str(report))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    meta = json.loads(report.read_text())["plan"]["meta"]
+    assert "planner" not in meta and meta["predicted_ms"] <= meta["budget_ms"] * (1 + 1e-9)

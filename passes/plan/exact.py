@@ -236,11 +236,12 @@ class ExactPlanner:
     def _result(
         self, counts, status: str, gap: float, predicted: float, message: str = ""
     ) -> ExactResult:
-        meta = {"predicted_ms": predicted, "status": status, "gap": gap}
+        loss = self._loss(counts)
+        meta = {"predicted_ms": predicted, "status": status, "gap": gap, "importance_loss": loss}
         if message:
             meta["message"] = message
         plan = self.base._plan(counts, "latency", meta)
-        return ExactResult(plan, dict(counts), self._loss(counts), predicted, status, gap, message)
+        return ExactResult(plan, dict(counts), loss, predicted, status, gap, message)
 
     # -- the greedy beside it ----------------------------------------------------------
     def _greedy(self, budget_ms: float, memory: MemoryBudget | None) -> ExactResult:
