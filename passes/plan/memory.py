@@ -131,7 +131,7 @@ Width = Mapping[tuple[str, int], list[tuple[str, int]]]  # ChannelMap.width: spa
 
 def _axis_form(width: Width, sizes: Mapping[str, int], name: str, axis: int, full: int):
     """(constant, {group: coefficient}) of one axis' size as a linear form of the counts."""
-    widths = width.get((name, axis), [])
+    widths = [(g, w) for g, w in width.get((name, axis), []) if g in sizes]  # others stay whole
     const = full - sum(w * sizes[g] for g, w in widths)
     return float(const), {g: float(w) for g, w in widths}
 
