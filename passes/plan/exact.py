@@ -245,7 +245,7 @@ class ExactPlanner:
 
     # -- the greedy beside it ----------------------------------------------------------
     def _greedy(self, budget_ms: float, memory: MemoryBudget | None) -> ExactResult:
-        plan = self.base.plan_to_budget(budget_ms)
+        plan = self.base.plan_to_budget(budget_ms, warn=False)  # the exact planner warns
         counts = {g: len(gp.keep) for g, gp in plan.groups.items()}
         ok = plan.meta["predicted_ms"] <= budget_ms * (1 + _REL) and self._memory_ok(counts, memory)
         return self._result(

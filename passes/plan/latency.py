@@ -161,7 +161,7 @@ class LatencyPlanner:
     def _removed(self, counts: Mapping[str, int]) -> dict[str, int]:
         return {n: self.groups[n].size - c for n, c in counts.items()}
 
-    def plan_to_budget(self, budget_ms: float) -> Plan:
+    def plan_to_budget(self, budget_ms: float, warn: bool = True) -> Plan:
         counts = {n: g.size for n, g in self.groups.items()}
         edges = {n: self.stair_edges(n) for n in self.groups}
         heap = [m for n in self.groups if (m := self._best_move(n, counts, edges[n]))]
@@ -178,7 +178,7 @@ class LatencyPlanner:
                 if (m := self._best_move(n, counts, edges[n])) is not None:
                     heap.append(m)
             heapq.heapify(heap)
-        if predicted > budget_ms * (1 + 1e-9):
+        if warn and predicted > budget_ms * (1 + 1e-9):
             log.warning(
                 "budget %.3f ms not reachable: best predicted %.3f ms", budget_ms, predicted
             )
