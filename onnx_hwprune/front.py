@@ -89,7 +89,8 @@ def compute_front(
     ctx = replace(ctx, cost_model=cost, config=config)
     mod = _scored(opts, mod, source, factory, ctx)
     base = _planner(mod, ctx)
-    exact = ExactPlanner(base, mod.graph, ctx.get("plan.time_limit"), ctx.get("plan.max_levels"))
+    settings = (ctx.get(f"plan.{k}") for k in ("time_limit", "max_levels", "mip_gap"))
+    exact = ExactPlanner(base, mod.graph, *settings)
     measures = _Measures(exact, mod.graph)
     points = _exact_points(exact, budgets, memory) + _baselines(mod, base, ratios, ctx)
     rows = []

@@ -66,11 +66,19 @@ class ExactResult:
 class ExactPlanner:
     """Plans over one :class:`LatencyPlanner`'s groups, cost model and importance."""
 
-    def __init__(self, base: LatencyPlanner, graph, time_limit: float = 10.0, max_levels: int = 32):
+    def __init__(
+        self,
+        base: LatencyPlanner,
+        graph,
+        time_limit: float = 5.0,
+        max_levels: int = 32,
+        gap: float = 1e-3,
+    ) -> None:
         self.base, self.graph = base, graph
-        self.time_limit, self.max_levels = time_limit, max(2, max_levels)
+        self.time_limit, self.max_levels, self.gap = time_limit, max(2, max_levels), gap
         self.sizes = {n: g.size for n, g in base.groups.items()}
         self._deadline, self._solver_seconds = math.inf, 0.0
+        self._start: dict[str, int] | None = None  # the greedy's choice, a MIP start
 
     # -- candidate counts --------------------------------------------------------------
     def levels(self, with_memory: bool = False) -> dict[str, list[int]]:
@@ -144,11 +152,19 @@ class ExactPlanner:
     # -- planning ----------------------------------------------------------------------
     def plan(self, budget_ms: float, memory: MemoryBudget | None = None) -> ExactResult:
         """Least importance lost with predicted latency ``<= budget_ms`` (see module doc)."""
+        greedy = self._greedy(budget_ms, memory)
         levels = self.levels(with_memory=memory is not None)
+        for g, count in greedy.counts.items():  # so that the greedy's plan can start the search
+            if count not in levels[g]:
+                levels[g] = sorted([*levels[g], count], reverse=True)
+        self._start = (
+            {g: levels[g].index(c) for g, c in greedy.counts.items()}
+            if greedy.status == "greedy"
+            else None
+        )
         program = LevelProgram({g: len(c) for g, c in levels.items()})
         latency, approx = self.latency_costs(levels)
         self._memory_rows(program, levels, memory)
-        greedy = self._greedy(budget_ms, memory)
         start = time.perf_counter()
         self._deadline, self._solver_seconds = start + self.time_limit, 0.0
         try:
@@ -198,10 +214,12 @@ class ExactPlanner:
     def _run(self, program, objective: Costs, latency: Costs, limit: float) -> Solution:
         trial = LevelProgram(program.sizes)
         trial.constraints = [*program.constraints, (latency, limit * (1 + _REL))]
-        return self._timed(trial, objective)
+        return self._timed(trial, objective, start=self._start)
 
-    def _timed(self, program: LevelProgram, objective: Costs, share: float = 1.0) -> Solution:
-        sol = program.solve(objective, self._left() * share)
+    def _timed(
+        self, program: LevelProgram, objective: Costs, share: float = 1.0, start=None
+    ) -> Solution:
+        sol = program.solve(objective, self._left() * share, self.gap, start)
         self._solver_seconds += sol.seconds
         return sol
 
@@ -313,9 +331,8 @@ class ExactPlannerPass(Pass):
 
     def run(self, mod: Module, ctx: PassContext) -> Module:
         base = _planner(mod, ctx)
-        planner = ExactPlanner(
-            base, mod.graph, ctx.get("plan.time_limit"), ctx.get("plan.max_levels")
-        )
+        settings = (ctx.get(f"plan.{k}") for k in ("time_limit", "max_levels", "mip_gap"))
+        planner = ExactPlanner(base, mod.graph, *settings)
         full = base.predict({})
         result = planner.plan(self.budget.resolve(full), self.memory)
         meta = {**result.plan.meta, "budget": str(self.budget), "full_ms": full}
