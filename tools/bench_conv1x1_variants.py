@@ -33,7 +33,7 @@ SHAPES = ((64, 256, 56), (256, 64, 56), (128, 512, 28), (512, 128, 28), (256, 10
 
 def _model(kind: str, cin: int, cout: int, hw: int):
     rng = np.random.default_rng(0)
-    w = rng.standard_normal((cout, cin)).astype(np.float32) / np.sqrt(cin)
+    w = (rng.standard_normal((cout, cin)) / np.sqrt(cin)).astype(np.float32)
     if kind == "conv":
         x_shape, y_shape = [1, cin, hw, hw], [1, cout, hw, hw]
         weight = numpy_helper.from_array(w.reshape(cout, cin, 1, 1), "w")

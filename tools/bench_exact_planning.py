@@ -51,15 +51,21 @@ def _planners(name: str, args, db: ProfileDB):
     return graph, base, ExactPlanner(base, graph, time_limit=args.time_limit), profile_s
 
 
-def least_weights(exact: ExactPlanner, graph, budget_ms: float, max_loss: float) -> float:
-    """Least weight bytes with latency <= budget and importance loss <= max_loss."""
+def least_weights(exact: ExactPlanner, graph, budget_ms: float, result) -> float:
+    """Least weight bytes with latency <= budget and importance loss <= the result's; the
+    result's plan (feasible by construction) starts the search."""
     levels = exact.levels(with_memory=True)
+    for g, count in result.counts.items():
+        if count not in levels[g]:
+            levels[g] = sorted([*levels[g], count], reverse=True)
+    max_loss = result.loss
     program = LevelProgram({g: len(c) for g, c in levels.items()})
     latency, _ = exact.latency_costs(levels)
     program.constrain(latency, budget_ms)
     program.constrain(exact.loss_costs(levels), max_loss * (1 + 1e-9))
     weights = exact.memory_costs(levels, weight_poly(graph, exact.base.map.width, exact.sizes))
-    sol = program.solve(weights, exact.time_limit)
+    start = {g: levels[g].index(c) for g, c in result.counts.items()}
+    sol = program.solve(weights, exact.time_limit, start=start)
     if sol.choice is None:
         return float("nan")
     counts = {g: levels[g][i] for g, i in sol.choice.items()}
@@ -90,7 +96,7 @@ def bench(name: str, args, db: ProfileDB) -> list[dict]:
                "full_weights": poly.value(exact.sizes)}  # fmt: skip
         if args.memory:
             row["weights_at_1.1x_latency"] = least_weights(
-                exact, graph, result.predicted_ms * 1.1, result.loss
+                exact, graph, result.predicted_ms * 1.1, result
             )
         rows.append(row)
         print(json.dumps(row), flush=True)

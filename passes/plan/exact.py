@@ -79,6 +79,7 @@ class ExactPlanner:
         self.sizes = {n: g.size for n, g in base.groups.items()}
         self._deadline, self._solver_seconds = math.inf, 0.0
         self._start: dict[str, int] | None = None  # the greedy's choice, a MIP start
+        self._cache: dict[bool, tuple[dict[str, list[int]], Costs, int]] = {}
 
     # -- candidate counts --------------------------------------------------------------
     def levels(self, with_memory: bool = False) -> dict[str, list[int]]:
@@ -99,6 +100,14 @@ class ExactPlanner:
                     if self.base.feasible(name, c)]  # fmt: skip
         step = max(1, len(feasible) // self.max_levels)
         return feasible[::-step]
+
+    def _tables(self, with_memory: bool) -> tuple[dict[str, list[int]], Costs, int]:
+        """Levels and latency costs: they do not depend on the budget, so a sweep of
+        budgets (the front, a bisection) computes them once."""
+        if with_memory not in self._cache:
+            levels = self.levels(with_memory)
+            self._cache[with_memory] = (levels, *self.latency_costs(levels))
+        return self._cache[with_memory]
 
     # -- costs over levels -------------------------------------------------------------
     def latency_costs(self, levels: Mapping[str, list[int]]) -> tuple[Costs, int]:
@@ -153,17 +162,11 @@ class ExactPlanner:
     def plan(self, budget_ms: float, memory: MemoryBudget | None = None) -> ExactResult:
         """Least importance lost with predicted latency ``<= budget_ms`` (see module doc)."""
         greedy = self._greedy(budget_ms, memory)
-        levels = self.levels(with_memory=memory is not None)
-        for g, count in greedy.counts.items():  # so that the greedy's plan can start the search
-            if count not in levels[g]:
-                levels[g] = sorted([*levels[g], count], reverse=True)
-        self._start = (
-            {g: levels[g].index(c) for g, c in greedy.counts.items()}
-            if greedy.status == "greedy"
-            else None
-        )
+        levels, latency, approx = self._tables(memory is not None)
+        self._start = None  # the greedy's plan starts the search where it is on the levels
+        if greedy.status == "greedy" and all(c in levels[g] for g, c in greedy.counts.items()):
+            self._start = {g: levels[g].index(c) for g, c in greedy.counts.items()}
         program = LevelProgram({g: len(c) for g, c in levels.items()})
-        latency, approx = self.latency_costs(levels)
         self._memory_rows(program, levels, memory)
         start = time.perf_counter()
         self._deadline, self._solver_seconds = start + self.time_limit, 0.0
