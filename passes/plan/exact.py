@@ -79,7 +79,8 @@ class ExactPlanner:
         self.sizes = {n: g.size for n, g in base.groups.items()}
         self._deadline, self._solver_seconds = math.inf, 0.0
         self._start: dict[str, int] | None = None  # the greedy's choice, a MIP start
-        self._cache: dict[bool, tuple[dict[str, list[int]], Costs, int]] = {}
+        self._cache: dict[bool, dict[str, list[int]]] = {}  # levels, with/without memory
+        self._memo: dict[tuple, Costs] = {}  # a layer's latency terms by its groups' levels
 
     # -- candidate counts --------------------------------------------------------------
     def levels(self, with_memory: bool = False) -> dict[str, list[int]]:
@@ -101,13 +102,16 @@ class ExactPlanner:
         step = max(1, len(feasible) // self.max_levels)
         return feasible[::-step]
 
-    def _tables(self, with_memory: bool) -> tuple[dict[str, list[int]], Costs, int]:
-        """Levels and latency costs: they do not depend on the budget, so a sweep of
-        budgets (the front, a bisection) computes them once."""
+    def _levels(self, with_memory: bool, extra: Mapping[str, int]) -> dict[str, list[int]]:
+        """Candidate counts (computed once per planner: they do not depend on the budget),
+        plus the ``extra`` counts (the greedy's plan, so that it can start the search)."""
         if with_memory not in self._cache:
-            levels = self.levels(with_memory)
-            self._cache[with_memory] = (levels, *self.latency_costs(levels))
-        return self._cache[with_memory]
+            self._cache[with_memory] = self.levels(with_memory)
+        levels = dict(self._cache[with_memory])
+        for g, count in extra.items():
+            if count not in levels[g]:
+                levels[g] = sorted([*levels[g], count], reverse=True)
+        return levels
 
     # -- costs over levels -------------------------------------------------------------
     def latency_costs(self, levels: Mapping[str, list[int]]) -> tuple[Costs, int]:
@@ -122,6 +126,21 @@ class ExactPlanner:
         return costs, approx
 
     def _layer_terms(self, costs: Costs, layer, involved: list[str], levels) -> None:
+        """Adds the layer's tables; memoised by the layer and its groups' levels, so a
+        sweep of budgets recomputes only the layers whose levels changed."""
+        key = (layer.node, *((g, tuple(levels[g])) for g in involved))
+        if key not in self._memo:
+            scratch = Costs()
+            self._compute_terms(scratch, layer, involved, levels)
+            self._memo[key] = scratch
+        terms = self._memo[key]
+        costs.const += terms.const
+        for g, table in terms.unary.items():
+            costs.add_unary(g, table)
+        for (g, h), table in terms.pair.items():
+            costs.add_pair(g, h, table)
+
+    def _compute_terms(self, costs: Costs, layer, involved: list[str], levels) -> None:
         def ms(removed: Mapping[str, int]) -> float:
             counts = self.base.map.layer_counts(layer, removed)
             return self.base.cost.layer_latency(layer.node, *counts).ms
@@ -162,10 +181,12 @@ class ExactPlanner:
     def plan(self, budget_ms: float, memory: MemoryBudget | None = None) -> ExactResult:
         """Least importance lost with predicted latency ``<= budget_ms`` (see module doc)."""
         greedy = self._greedy(budget_ms, memory)
-        levels, latency, approx = self._tables(memory is not None)
-        self._start = None  # the greedy's plan starts the search where it is on the levels
-        if greedy.status == "greedy" and all(c in levels[g] for g, c in greedy.counts.items()):
-            self._start = {g: levels[g].index(c) for g, c in greedy.counts.items()}
+        feasible = greedy.status == "greedy"
+        levels = self._levels(memory is not None, greedy.counts if feasible else {})
+        latency, approx = self.latency_costs(levels)
+        self._start = (
+            {g: levels[g].index(c) for g, c in greedy.counts.items()} if feasible else None
+        )
         program = LevelProgram({g: len(c) for g, c in levels.items()})
         self._memory_rows(program, levels, memory)
         start = time.perf_counter()
