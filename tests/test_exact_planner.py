@@ -117,6 +117,23 @@ def test_matches_brute_force(family, seed):
         assert result.loss == pytest.approx(loss, rel=1e-6, abs=1e-9), fraction
 
 
+def test_frozen_groups_and_layers_the_cost_model_lacks():
+    """The cost model knows two of the layers: groups only the others touch, and frozen
+    groups, stay whole; the plan fits the model."""
+    graph = load_graph(FAMILIES["resnet_basic"]())
+    groups = analyze_channel_groups(graph)
+    scores = channel_importance(graph, groups, "l1")
+    known = [n.name for n in graph.nodes if n.op == "Conv"][1:3]
+    cost = TableCost(_random_tables(graph, 5), step=8)
+    base = LatencyPlanner(graph, groups, scores, cost, known)
+    result = ExactPlanner(base, graph).plan(base.predict({}) * 0.9)
+    assert result.status in ("optimal", "unreachable")
+    result.plan.validate(groups)
+    assert any(g.frozen for g in groups)
+    assert set(result.plan.pruned_groups()) <= set(base.groups)
+    assert len(base.groups) < len(groups.prunable)
+
+
 def test_scipy_fallback_gives_the_same_optimum(monkeypatch):
     """Without highspy the same HiGHS runs through scipy.optimize.milp (no MIP start)."""
     graph = load_graph(FAMILIES["vgg"]())
