@@ -85,6 +85,8 @@ def _check(args: argparse.Namespace) -> Path:
             raise UserError(f"--{name.replace('_data', '')} {path}: not found")
     if args.criterion in ("mean_abs", "apoz", "reconstruction") and args.calib is None:
         raise UserError(f"--criterion {args.criterion} needs --calib")
+    if args.threads is not None and args.threads <= 0:
+        raise UserError(f"--threads must be positive, got {args.threads}")
     if not args.time_limit > 0:
         raise UserError("--time-limit must be positive")
     out = Path(args.out)
