@@ -50,7 +50,9 @@ class PruneResult:
 def planning_passes(opts: PruneOptions) -> list[Pass]:
     """The passes from channel scores to a plan, for the resolved method."""
     method = get_method(opts.resolved_method())
-    request = PlanRequest(opts.effective_ratio, opts.effective_budget, opts.plan)
+    request = PlanRequest(
+        opts.effective_ratio, opts.effective_budget, opts.plan, opts.planner, opts.memory_budget
+    )
     return [method.make(request)] + ([SnapPass()] if opts.snap else [])
 
 

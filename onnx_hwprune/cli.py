@@ -20,7 +20,7 @@ from onnx_hwprune.errors import UserError
 __all__ = ["main", "VERBS", "ArgumentParser"]
 
 # Sub-command modules under onnx_hwprune.cli_commands, listed explicitly.
-VERBS: tuple[str, ...] = ("analyze", "profile", "eval", "targets")
+VERBS: tuple[str, ...] = ("analyze", "profile", "eval", "targets", "front")
 PROG = "onnx-hwprune"
 
 

@@ -9,14 +9,19 @@ from dataclasses import dataclass, field
 from onnx_hwprune.errors import UserError
 from onnx_hwprune.passes.plan.baselines import check_ratio
 from onnx_hwprune.passes.plan.budget import LatencyBudget
+from onnx_hwprune.passes.plan.memory import MemoryBudget
 from onnx_hwprune.passes.plan.methods import METHODS, Method, choosable_methods
 from onnx_hwprune.passes.plan.plan import Plan
 
-__all__ = ["PruneOptions", "DEFAULT_BUDGET", "DEFAULT_RATIO", "DEFAULT_TARGET"]
+__all__ = [
+    "PruneOptions", "DEFAULT_BUDGET", "DEFAULT_RATIO", "DEFAULT_TARGET", "LATENCY_PLANNERS"
+]  # fmt: skip
 
 DEFAULT_TARGET = "cpu"
 DEFAULT_BUDGET = LatencyBudget(fraction=0.7)  # 30% faster: a step most CNNs take easily
 DEFAULT_RATIO = 0.3
+# How --method latency plans: the exact program (default) or the greedy (also its fallback).
+LATENCY_PLANNERS = ("exact", "greedy")
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,8 @@ class PruneOptions:
     snap: bool = False
     target: str = DEFAULT_TARGET
     latency_budget: LatencyBudget | str | None = None
+    planner: str = "exact"
+    memory_budget: MemoryBudget | str | None = None
     threads: int | None = None
     profile_db: str | os.PathLike | None = None
     measure: bool = True
@@ -52,6 +59,8 @@ class PruneOptions:
         budget = self.latency_budget
         if isinstance(budget, str | float | int):
             object.__setattr__(self, "latency_budget", LatencyBudget.parse(str(budget)))
+        if isinstance(self.memory_budget, str | float | int):
+            object.__setattr__(self, "memory_budget", MemoryBudget.parse(str(self.memory_budget)))
 
     def resolved_method(self) -> str:
         if self.plan is not None:
@@ -88,6 +97,10 @@ class PruneOptions:
             )
         if self.latency_budget is not None and drive == "ratio":
             raise UserError(f"--latency-budget needs --method latency, not {method}")
+        if self.planner not in LATENCY_PLANNERS:
+            raise UserError(f"--planner must be one of {', '.join(LATENCY_PLANNERS)}")
+        if self.memory_budget is not None and (method != "latency" or self.planner != "exact"):
+            raise UserError("--memory-budget needs --method latency with --planner exact")
         if self.recover is not None and self.calib is None:
             raise UserError(f"--recover {self.recover} needs calibration data (--calib)")
 
@@ -101,4 +114,6 @@ class PruneOptions:
             "target": self.target,
             "latency_budget": str(self.effective_budget) if self.needs_cost_model() else None,
             "recover": self.recover,
+            "planner": self.planner if self.resolved_method() == "latency" else None,
+            "memory_budget": str(self.memory_budget) if self.memory_budget else None,
         }

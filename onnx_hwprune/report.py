@@ -110,6 +110,19 @@ def _accuracy_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _planner_lines(report: dict[str, Any]) -> list[str]:
+    """The exact planner's outcome: solver status and gap, and the greedy's loss beside it."""
+    meta = report.get("plan", {}).get("meta", {})
+    if meta.get("planner") != "exact":
+        return []
+    gap = meta.get("gap")
+    gap_text = f", gap {gap:.2%}" if isinstance(gap, float) and gap == gap else ""
+    return [
+        f"planner: exact, {meta.get('status')}{gap_text}; importance lost "
+        f"{meta.get('importance_loss', float('nan')):.2f} (greedy: {meta['greedy_loss']:.2f})"
+    ]
+
+
 def format_summary(report: dict[str, Any], max_rows: int = 12) -> str:
     net, groups = report["network"], report["groups"]
     lines = [
@@ -118,6 +131,7 @@ def format_summary(report: dict[str, Any], max_rows: int = 12) -> str:
         f"params: {_ratio(net['params'])}",
         f"MACs:   {_ratio(net['macs'])}",
         *_latency_lines(report),
+        *_planner_lines(report),
         *_accuracy_lines(report),
         "",
         f"{'layer':40s} {'op':8s} {'in':>11s} {'out':>11s}",

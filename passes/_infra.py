@@ -86,6 +86,9 @@ CONFIG_KEYS: Mapping[str, ConfigKey] = {
         "latency planning keeps counts that are multiples of this (set by the target)",
         target_field="channel_multiple",
     ),
+    "plan.time_limit": ConfigKey(float, 5.0, "seconds the exact planner's solver may search"),
+    "plan.max_levels": ConfigKey(int, 32, "the exact planner's candidate counts per group"),
+    "plan.mip_gap": ConfigKey(float, 1e-3, "the exact planner stops within this relative gap"),
 }
 
 

@@ -7,15 +7,16 @@ light zoo) and each target, at 30/50/70% FLOPs reduction:
 - ``uniform`` and ``global`` (l1): the ratio that reaches the FLOPs target (bisection);
 - ``uniform+snap``: the uniform plan snapped to the target's stair edges (FLOPs may be
   a little higher: snap only gives channels back);
-- ``latency``: the latency planner, its budget found by bisection so that its FLOPs
-  match the target (at most the uniform plan's FLOPs).
+- ``latency``: the greedy latency planner, its budget found by bisection so that its FLOPs
+  match the target (at most the uniform plan's FLOPs);
+- ``exact`` (with ``--exact``): the exact planner (``passes/plan/exact.py``), bisected alike.
 
 All variants of a network, plus the original, are timed in ONE interleaved run of the
 timing protocol (``runtime/timing.py``), so drift hits them alike. Reported: median ms,
 speedup over the original and over ``uniform`` at the same FLOPs, predicted ms.
 
 Usage: python tools/bench_pruning.py --out DIR [--targets cpu tvm-llvm] [--networks ...]
-       [--reductions 0.3 0.5 0.7] [--rounds 7] [--quick]
+       [--reductions 0.3 0.5 0.7] [--rounds 7] [--exact] [--time-limit S]
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from onnx_hwprune.frontends.onnx import export_model, load_graph, with_static_in
 from onnx_hwprune.passes.analysis.channel_groups import analyze_channel_groups
 from onnx_hwprune.passes.analysis.importance import channel_importance
 from onnx_hwprune.passes.plan.baselines import global_plan, uniform_plan
+from onnx_hwprune.passes.plan.exact import ExactPlanner
 from onnx_hwprune.passes.plan.latency import LatencyPlanner
 from onnx_hwprune.passes.transform.remove_channels import remove_channels
 from onnx_hwprune.runtime.profiler import build_cost_model
@@ -69,7 +71,7 @@ def _bisect(
     return best or make_plan(hi if decreasing else lo)
 
 
-def _plans(graph, groups, scores, planner, reduction: float) -> dict:
+def _plans(graph, groups, scores, planner, reduction: float, exact=None) -> dict:
     full = planner.map.macs({})
     target = full * (1 - reduction)
 
@@ -80,12 +82,17 @@ def _plans(graph, groups, scores, planner, reduction: float) -> dict:
     glo = _bisect(lambda r: global_plan(groups, scores, r), macs, target, 0.0, 0.99, True)
     full_ms = planner.predict({})
     lat = _bisect(lambda b: planner.plan_to_budget(full_ms * b), macs, macs(uni), 0.02, 1.0, False)
-    return {
+    plans = {
         "uniform": uni,
         "global": glo,
         "uniform+snap": planner.snap(uni, scores),
         "latency": lat,
     }
+    if exact is not None:  # the exact planner, its budget bisected like the greedy's
+        plans["exact"] = _bisect(
+            lambda b: exact.plan(full_ms * b).plan, macs, macs(uni), 0.02, 1.0, False, steps=10
+        )
+    return plans
 
 
 def bench_network(name: str, target_name: str, args, db: ProfileDB) -> list[dict]:
@@ -102,9 +109,10 @@ def bench_network(name: str, target_name: str, args, db: ProfileDB) -> list[dict
     planner = LatencyPlanner(
         graph, groups, scores, cost, nodes, channel_multiple=target.channel_multiple
     )
+    exact = ExactPlanner(planner, graph, time_limit=args.time_limit) if args.exact else None
     variants = {"original": (None, source)}
     for r in args.reductions:
-        for method, plan in _plans(graph, groups, scores, planner, r).items():
+        for method, plan in _plans(graph, groups, scores, planner, r, exact).items():
             variants[f"{method}@{r:g}"] = (
                 plan,
                 with_static_inputs(export_model(remove_channels(graph, groups, plan))),
@@ -172,7 +180,7 @@ def plot(rows: list[dict], path: Path) -> None:
     keys = sorted({(r["network"], r["target"]) for r in rows})
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6), squeeze=False)
     for ax, (net, tgt) in zip(axes[0], keys, strict=True):
-        for method in ("original", "uniform", "global", "uniform+snap", "latency"):
+        for method in ("original", "uniform", "global", "uniform+snap", "latency", "exact"):
             mine = [
                 r for r in rows if (r["network"], r["target"], r["method"]) == (net, tgt, method)
             ]
@@ -200,6 +208,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--profile-db", type=Path, default=None)
+    parser.add_argument("--exact", action="store_true", help="also the exact planner")
+    parser.add_argument("--time-limit", type=float, default=10.0, help="exact planner's limit")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     db = ProfileDB(args.profile_db or args.out / "profiles.sqlite")

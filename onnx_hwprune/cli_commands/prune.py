@@ -33,6 +33,12 @@ def _budget(text: str):
     return LatencyBudget.parse(text)
 
 
+def _memory(text: str):
+    from onnx_hwprune.passes.plan.memory import MemoryBudget
+
+    return MemoryBudget.parse(text)
+
+
 def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) <= 0:
         raise UserError(f"expected a positive integer, got {text!r}")
@@ -40,7 +46,12 @@ def _positive_int(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from onnx_hwprune.options import DEFAULT_BUDGET, DEFAULT_RATIO, DEFAULT_TARGET
+    from onnx_hwprune.options import (
+        DEFAULT_BUDGET,
+        DEFAULT_RATIO,
+        DEFAULT_TARGET,
+        LATENCY_PLANNERS,
+    )
     from onnx_hwprune.passes.analysis.data_importance import DATA_CRITERIA
     from onnx_hwprune.passes.analysis.importance import CRITERIA
     from onnx_hwprune.passes.plan.methods import METHODS, choosable_methods
@@ -60,6 +71,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_budget,
         metavar="B",
         help=f"fraction of the original's latency (0.6) or a time (12ms); default {DEFAULT_BUDGET}",
+    )
+    how.add_argument(
+        "--planner",
+        choices=LATENCY_PLANNERS,
+        default="exact",
+        help="exact (default): integer program over stair levels (HiGHS); greedy: the step-by-step "
+        "planner, also the fallback when the solver is missing or fails",
+    )
+    how.add_argument(
+        "--memory-budget",
+        type=_memory,
+        metavar="M",
+        help="with --planner exact: weight bytes as a fraction (0.6) or size (3MB), or "
+        "weights=0.6,activations=2MB (peak activation bytes)",
     )
     how.add_argument(
         "--ratio",
@@ -178,6 +203,8 @@ def _options(args: argparse.Namespace):
         snap=args.snap,
         target=args.target,
         latency_budget=args.latency_budget,
+        planner=args.planner,
+        memory_budget=args.memory_budget,
         threads=args.threads,
         profile_db=args.profile_db,
         measure=not args.no_measure,

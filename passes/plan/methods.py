@@ -22,7 +22,9 @@ from typing import Literal
 from onnx_hwprune.passes._infra import Module, Pass, PassContext, PassError
 from onnx_hwprune.passes.plan.baselines import GlobalPlanner, UniformPlanner
 from onnx_hwprune.passes.plan.budget import LatencyBudget
+from onnx_hwprune.passes.plan.exact import ExactPlannerPass
 from onnx_hwprune.passes.plan.latency import LatencyPlannerPass
+from onnx_hwprune.passes.plan.memory import MemoryBudget
 from onnx_hwprune.passes.plan.plan import Plan
 
 __all__ = [
@@ -45,6 +47,8 @@ class PlanRequest:
     ratio: float
     budget: LatencyBudget
     plan: Plan | None = None
+    planner: str = "exact"  # for drive="budget": "exact" (MILP) or "greedy"
+    memory_budget: MemoryBudget | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,14 @@ def _given(request: PlanRequest) -> Pass:
     return UsePlan(request.plan)
 
 
+def _latency_pass(request: PlanRequest) -> Pass:
+    # The exact planner (MILP) is the default; the greedy stays as --planner greedy and as
+    # the exact planner's own fallback when no solver is installed.
+    if request.planner == "greedy":
+        return LatencyPlannerPass(request.budget)
+    return ExactPlannerPass(request.budget, request.memory_budget)
+
+
 METHODS: dict[str, Method] = {}
 
 
@@ -113,7 +125,7 @@ for _method in (
         "latency",
         "most importance kept under --latency-budget on the target (default)",
         "budget",
-        lambda r: LatencyPlannerPass(r.budget),
+        _latency_pass,
     ),
     Method(
         "uniform",
