@@ -119,7 +119,7 @@ def test_bad_inputs(model_path, tmp_path):
     )
     corrupt = model_path.read_bytes()[: len(model_path.read_bytes()) // 2]
     assert_bad_input(cli(str(_write(tmp_path / "corrupt.onnx", corrupt)), str(out)), "ONNX")
-    assert_bad_input(cli(str(model_path), str(model_path)), "is the input file")
+    assert_bad_input(cli(str(model_path), str(model_path)), "is the same file as IN")
     assert_bad_input(
         cli(str(model_path), str(tmp_path / "no" / "such" / "dir.onnx")), "does not exist"
     )
