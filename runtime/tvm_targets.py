@@ -120,7 +120,7 @@ def _rpc_backend(target_name: str):
 
 def _cuda_available() -> tuple[bool, str]:
     if importlib.util.find_spec("tvm") is None:
-        return False, "python package 'tvm' is not installed"
+        return False, "python package 'tvm' is not installed (pip install 'onnx-hwprune[tvm]')"
     # Measured through an RPC server even on a local GPU: one code path for every board.
     where = "this host's GPU" if Path("/dev/nvidiactl").exists() else "a GPU host"
     return False, f"measure with --rpc-tracker/--rpc-key (an RPC server on {where})"

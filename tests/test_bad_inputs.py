@@ -371,12 +371,28 @@ CASES: list[tuple[str, Build, str]] = [
     ("unknown_option", m_out("--frobnicate"), "unrecognized arguments"),
     ("unknown_target", m_out("--target", "abacus"), "invalid choice"),
     ("no_args", lambda t: [], "give IN OUT"),
+    ("rpc_boards_too_many", profile_of("--rpc-tracker", "127.0.0.1:9", "--rpc-key", "k",
+     "--rpc-boards", "1000"), "--rpc-boards must be in"),
+    ("rpc_key_alone", profile_of("--rpc-key", "k"), "go together"),
+    ("rpc_tracker_malformed", profile_of("--rpc-tracker", "nohost", "--rpc-key", "k"),
+     "HOST:PORT"),
+    ("rpc_tracker_unreachable", lambda t: ["profile", model(t), "--target", "tvm-llvm",
+     "--rpc-tracker", f"127.0.0.1:{closed_port()}", "--rpc-key", "k"], "unreachable"),
     ("eval_batch_zero", lambda t: ["eval", model(t), "--data", str(CALIB_COPY(t)),
      "--batch-size", "0"], "must be positive"),
     ("eval_limit_zero", lambda t: ["eval", model(t), "--data", str(CALIB_COPY(t)),
      "--limit", "0"], "must be positive"),
 ]
 # fmt: on
+
+
+def closed_port() -> int:
+    """A loopback port nobody listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def CALIB_COPY(tmp: Path) -> Path:  # noqa: N802 - reads as the constant it stands for
