@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sqlite3
 import struct
@@ -416,10 +417,11 @@ def _snapshot(folder: Path) -> dict[str, tuple]:
     return state
 
 
-def test_corpus_names_are_unique():
+def test_corpus_names_are_unique_and_the_readme_counts_them():
     names = [name for name, _, _ in CASES]
     assert len(names) == len(set(names))
-    assert len(CASES) >= 100
+    found = re.search(r"corpus of \*\*(\d+) bad inputs\*\*", (REPO / "README.md").read_text())
+    assert found and int(found.group(1)) == len(CASES)
 
 
 @pytest.mark.parametrize(("build", "fragment"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
