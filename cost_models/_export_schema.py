@@ -2,7 +2,8 @@
 
 An import is all or nothing: one malformed record refuses the whole document, so a bad
 file can never leave half of itself in the database, or a text ``median_ms`` that makes
-every later run crash. Unknown fields are refused, as a typo would otherwise be dropped.
+every later run crash. Unknown fields in a record are refused, as a typo would otherwise
+be dropped; the document's top level may carry metadata beside its lists.
 """
 
 from __future__ import annotations
@@ -35,11 +36,13 @@ def _fits(value: Any, kind: type) -> bool:
     return isinstance(value, kind)
 
 
-def _record(doc: Any, fields: dict[str, type], where: str, optional=()) -> None:
+def _record(
+    doc: Any, fields: dict[str, type], where: str, optional=(), extra_ok: bool = False
+) -> None:
     if not isinstance(doc, dict):
         raise UserError(f"malformed profile export: {where} must be an object")
     unknown = sorted(set(doc) - set(fields))
-    if unknown:
+    if unknown and not extra_ok:
         raise UserError(f"malformed profile export: {where} has unknown fields {unknown}")
     for name, kind in fields.items():
         if name not in doc:
@@ -87,7 +90,9 @@ def check_export(doc: Any, fmt: str, version: int) -> None:
         raise UserError(
             f"not an onnx-hwprune profile export of version {version} (got {got!r:.60})"
         )
-    _record(doc, _TOP, "the document", optional=["calibrations"])
+    # The document may carry metadata beside the data (shipped GPU profiles say where and
+    # when they were measured); every record inside is strict.
+    _record(doc, _TOP, "the document", optional=["calibrations"], extra_ok=True)
     for i, d in enumerate(doc["devices"]):
         _record(d, _DEVICE, f"devices[{i}]")
     for i, m in enumerate(doc["measurements"]):

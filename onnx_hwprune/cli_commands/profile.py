@@ -15,6 +15,7 @@ line per layer signature) goes to stdout; the progress bar goes to stderr.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import math
@@ -128,6 +129,8 @@ def _check_paths(args: argparse.Namespace) -> None:
         guard.input("IN", args.source)
         guard.output("--json", args.json)
         guard.output("--plot", args.plot, folder=True)
+        if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
+            raise UserError("--plot needs matplotlib (pip install 'onnx-hwprune[plot]')")
     guard.check()
 
 
