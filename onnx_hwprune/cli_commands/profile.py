@@ -129,9 +129,9 @@ def _check_paths(args: argparse.Namespace) -> None:
         guard.input("IN", args.source)
         guard.output("--json", args.json)
         guard.output("--plot", args.plot, folder=True)
-        if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
-            raise UserError("--plot needs matplotlib (pip install 'onnx-hwprune[plot]')")
     guard.check()
+    if getattr(args, "plot", None) is not None and importlib.util.find_spec("matplotlib") is None:
+        raise UserError("--plot needs matplotlib (pip install 'onnx-hwprune[plot]')")
 
 
 def run(args: argparse.Namespace) -> int:
