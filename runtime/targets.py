@@ -76,7 +76,8 @@ def _has(module: str) -> Callable[[], tuple[bool, str]]:
     def check() -> tuple[bool, str]:
         # find_spec does not import: TVM's import time is only paid by TVM features.
         if importlib.util.find_spec(module) is None:
-            return False, f"python package {module!r} is not installed"
+            hint = " (pip install 'onnx-hwprune[tvm]')" if module == "tvm" else ""
+            return False, f"python package {module!r} is not installed{hint}"
         return True, ""
 
     return check
@@ -84,7 +85,7 @@ def _has(module: str) -> Callable[[], tuple[bool, str]]:
 
 def _cuda_via_rpc() -> tuple[bool, str]:
     if importlib.util.find_spec("tvm") is None:
-        return False, "python package 'tvm' is not installed"
+        return False, "python package 'tvm' is not installed (pip install 'onnx-hwprune[tvm]')"
     # Measured through an RPC server even on a local GPU: one code path for every board.
     where = "this host's GPU" if Path("/dev/nvidiactl").exists() else "a GPU host"
     return False, f"measure with --rpc-tracker/--rpc-key (an RPC server on {where})"

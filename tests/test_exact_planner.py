@@ -14,8 +14,6 @@ import numpy as np
 import onnx
 import pytest
 
-from onnx_hwprune.testing._graph import GraphBuilder
-from onnx_hwprune.testing.families import FAMILIES
 from onnx_hwprune.frontends.onnx import export_model, load_graph
 from onnx_hwprune.passes.analysis.channel_groups import analyze_channel_groups
 from onnx_hwprune.passes.analysis.importance import channel_importance
@@ -24,6 +22,8 @@ from onnx_hwprune.passes.plan.exact import ExactPlanner
 from onnx_hwprune.passes.plan.latency import LatencyPlanner
 from onnx_hwprune.passes.plan.memory import MemoryBudget, peak_activation_bytes, weight_bytes
 from onnx_hwprune.passes.transform.remove_channels import remove_channels
+from onnx_hwprune.testing._graph import GraphBuilder
+from onnx_hwprune.testing.families import FAMILIES
 
 _LAYERS = ("Conv", "Gemm", "MatMul")
 

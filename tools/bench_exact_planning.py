@@ -24,7 +24,6 @@ import sys
 import time
 
 from onnx_hwprune.cost_models.profile_db import ProfileDB
-from onnx_hwprune.testing.networks import NETWORKS
 from onnx_hwprune.frontends.onnx import export_model, load_graph, with_static_inputs
 from onnx_hwprune.passes.analysis.channel_groups import analyze_channel_groups
 from onnx_hwprune.passes.analysis.importance import channel_importance
@@ -34,6 +33,7 @@ from onnx_hwprune.passes.plan.latency import LatencyPlanner
 from onnx_hwprune.passes.plan.memory import weight_poly
 from onnx_hwprune.runtime.profiler import build_cost_model
 from onnx_hwprune.runtime.targets import get_target
+from onnx_hwprune.testing.networks import NETWORKS
 
 
 def _planners(name: str, args, db: ProfileDB):

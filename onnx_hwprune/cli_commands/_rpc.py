@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from onnx_hwprune.errors import UserError
+from onnx_hwprune.runtime._rpc_trust import DEFAULT_RPC_BOARDS, MAX_RPC_BOARDS
 from onnx_hwprune.runtime.tvm_rpc import RpcOptions
 
 __all__ = ["add_rpc_arguments", "rpc_options_from_args"]
@@ -33,7 +34,8 @@ def add_rpc_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="use at most N boards of the key in parallel (default: all free)",
+        help=f"use at most N boards of the key in parallel (default {DEFAULT_RPC_BOARDS}, "
+        f"at most {MAX_RPC_BOARDS}, whatever the tracker reports free)",
     )
     group.add_argument(
         "--rpc-timeout",
@@ -63,8 +65,8 @@ def rpc_options_from_args(args: argparse.Namespace) -> RpcOptions | None:
         return None
     if not tracker or not key:
         raise UserError("--rpc-tracker and --rpc-key go together")
-    if args.rpc_boards is not None and args.rpc_boards < 1:
-        raise UserError("--rpc-boards must be at least 1")
+    if args.rpc_boards is not None and not 1 <= args.rpc_boards <= MAX_RPC_BOARDS:
+        raise UserError(f"--rpc-boards must be in 1..{MAX_RPC_BOARDS}")
     opts = RpcOptions(
         tracker, key, connect_timeout_s=min(10.0, args.rpc_timeout),
         request_timeout_s=args.rpc_timeout, max_boards=args.rpc_boards,
