@@ -22,6 +22,7 @@ import onnxruntime as ort
 from onnx import shape_inference, version_converter
 
 from onnx_hwprune.errors import UserError
+from onnx_hwprune.frontends.onnx._contrib_shapes import contrib_shapes
 from onnx_hwprune.frontends.onnx._io import ModelSource, read_model
 
 __all__ = [
@@ -175,10 +176,12 @@ def _infer(model: onnx.ModelProto, strict: bool = False) -> onnx.ModelProto:
     peak at several times its size here.
     """
     _fix_ir_version(model)
+    skeleton = _skeleton(model)
     try:
         inferred = shape_inference.infer_shapes(
-            _skeleton(model), check_type=False, strict_mode=strict, data_prop=True
+            skeleton, check_type=False, strict_mode=strict, data_prop=True
         )
+        inferred = _infer_contrib(skeleton, inferred, strict)
     except Exception as exc:  # shape inference raises InferenceError or bare C++ errors
         if strict:
             raise
@@ -188,6 +191,24 @@ def _infer(model: onnx.ModelProto, strict: bool = False) -> onnx.ModelProto:
     for dst, src in zip(model.graph.output, inferred.graph.output, strict=True):
         dst.CopyFrom(src)
     return model
+
+
+def _infer_contrib(
+    skeleton: onnx.ModelProto, inferred: onnx.ModelProto, strict: bool
+) -> onnx.ModelProto:
+    """Alternate onnx's inference with the contrib-op rules until nothing new is known
+    (one round per chain of com.microsoft ops, so a QOperator ResNet needs a handful)."""
+    for _ in range(len(skeleton.graph.node)):
+        g = inferred.graph
+        known = {vi.name: vi for vi in (*g.value_info, *g.input, *g.output)}
+        extra = contrib_shapes(skeleton, known)
+        if not extra:
+            break
+        skeleton.graph.value_info.extend(extra)
+        inferred = shape_inference.infer_shapes(
+            skeleton, check_type=False, strict_mode=strict, data_prop=True
+        )
+    return inferred
 
 
 _SKELETON_KEEP_BYTES = 4096  # shape-computing constants (Reshape targets...) are smaller
