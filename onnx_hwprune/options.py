@@ -43,6 +43,7 @@ class PruneOptions:
     recover: str | None = None
     ridge: float = 1e-3
     eval_data: str | os.PathLike | None = None
+    quantize: str | None = None  # "int8": onnxruntime's quantize_static after recovery
     input_shapes: Mapping[str, Sequence[int]] | None = field(default=None)
 
     def __post_init__(self) -> None:
@@ -81,6 +82,8 @@ class PruneOptions:
             raise UserError(f"--latency-budget needs --method latency, not {method}")
         if self.recover is not None and self.calib is None:
             raise UserError(f"--recover {self.recover} needs calibration data (--calib)")
+        if self.quantize is not None and self.calib is None:
+            raise UserError(f"--quantize {self.quantize} needs calibration data (--calib)")
 
     def to_json(self) -> dict:
         """The options as recorded in reports (paths as given, no data)."""
@@ -92,4 +95,5 @@ class PruneOptions:
             "target": self.target,
             "latency_budget": str(self.effective_budget) if self.needs_cost_model() else None,
             "recover": self.recover,
+            "quantize": self.quantize,
         }

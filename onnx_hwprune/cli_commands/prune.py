@@ -44,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from onnx_hwprune.passes.analysis.data_importance import DATA_CRITERIA
     from onnx_hwprune.passes.analysis.importance import CRITERIA
     from onnx_hwprune.passes.plan.baselines import PLANNERS
+    from onnx_hwprune.runtime.quantize import QUANTIZE_SCHEMES
     from onnx_hwprune.runtime.recovery import RECOVERY_METHODS
     from onnx_hwprune.runtime.targets import target_names
 
@@ -117,6 +118,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="D.npz",
         help="report top-1 accuracy before/after (npz with 'input' and 'label')",
     )
+    data.add_argument(
+        "--quantize",
+        choices=sorted(QUANTIZE_SCHEMES),
+        help="after pruning and recovery, quantize with onnxruntime's quantize_static "
+        "(QDQ, per-channel int8 weights) calibrated on --calib",
+    )
     out = parser.add_argument_group("output")
     out.add_argument(
         "--emit",
@@ -187,6 +194,7 @@ def _options(args: argparse.Namespace):
         calib_limit=args.calib_limit,
         recover=args.recover,
         eval_data=args.eval_data,
+        quantize=args.quantize,
         input_shapes=parse_input_shapes(args.input_shape) or None,
     )
 
