@@ -127,9 +127,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out = parser.add_argument_group("output")
     out.add_argument(
         "--emit",
-        choices=["onnx", "tvm"],
+        choices=["onnx", "tvm", "compressed"],
         default="onnx",
-        help="tvm: also write a compiled TVM module for the target to OUT-stem.tvm/",
+        help="tvm: also write a compiled TVM module for the target to OUT-stem.tvm/; "
+        "compressed: also write OUT-stem.hwz, the weights coded losslessly "
+        "(onnx_hwprune.compress.load gives OUT back, byte for byte)",
     )
     out.add_argument(
         "--cross-compiler",
@@ -168,6 +170,11 @@ def _check_paths(args: argparse.Namespace) -> None:
     for extra in (args.report, args.save_plan):
         if extra is not None:
             check_output_path(extra, args.input)
+    if args.emit == "compressed":
+        hwz = Path(args.output).with_name(Path(args.output).stem + ".hwz")
+        if hwz == Path(args.output):
+            raise UserError(f"--emit compressed writes {hwz} beside OUT: give OUT another suffix")
+        check_output_path(hwz, args.input)
     for name in ("calib", "eval_data", "plan"):
         path = getattr(args, name)
         if path is not None and not Path(path).exists():
@@ -208,6 +215,23 @@ def _emit_tvm(result, args: argparse.Namespace) -> None:
     result.report["emitted"] = [str(f) for f in files]
 
 
+def _emit_compressed(result, data: bytes, args: argparse.Namespace) -> None:
+    from onnx_hwprune.compress import save
+
+    out = Path(args.output)
+    path = out.with_name(out.stem + ".hwz")
+    stats = save(data, path)
+    result.report["emitted"] = [str(path)]
+    result.report["compressed"] = {
+        "file": str(path),
+        "model_bytes": stats.model_bytes,
+        "file_bytes": stats.file_bytes,
+        "weight_bytes": stats.weight_bytes,
+        "coded_weight_bytes": stats.coded_weight_bytes,
+        "schemes": stats.schemes,
+    }
+
+
 def _write_json(path: str | None, data: dict) -> None:
     from onnx_hwprune.frontends.onnx import write_bytes_atomic
 
@@ -242,9 +266,12 @@ def run(args: argparse.Namespace) -> int:
         _write_json(args.report, result.report)
         print(f"nothing pruned, model copied unchanged: {result.reason}")
         return 0
-    write_bytes_atomic(args.output, serialize(result.model))
+    data = serialize(result.model)
+    write_bytes_atomic(args.output, data)
     if args.emit == "tvm":
         _emit_tvm(result, args)
+    elif args.emit == "compressed":
+        _emit_compressed(result, data, args)
     _write_json(args.report, result.report)
     _write_json(args.save_plan, result.plan.to_json())
     if not args.quiet:
