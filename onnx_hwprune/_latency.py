@@ -33,6 +33,10 @@ def cost_model(opts: PruneOptions, source: onnx.ModelProto, progress: Callable |
     from onnx_hwprune.runtime.gpu_targets import shipped_cost_model, shipped_profiles
 
     static = with_static_inputs(source)  # deployment latency: batch 1 where symbolic
+    if opts.quantize == "int8":  # plan for the int8 kernels that will run (int8 staircases)
+        from onnx_hwprune.runtime.quantize import qdq_for_planning
+
+        static = qdq_for_planning(static)
     if opts.target in shipped_profiles():
         return shipped_cost_model(opts.target, static, progress=progress), None
     db = ProfileDB(opts.profile_db)

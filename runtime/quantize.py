@@ -24,7 +24,7 @@ import onnx
 
 from onnx_hwprune.errors import UserError
 
-__all__ = ["QUANTIZE_SCHEMES", "quantize_int8", "quantization_summary"]
+__all__ = ["QUANTIZE_SCHEMES", "quantize_int8", "quantization_summary", "qdq_for_planning"]
 
 log = logging.getLogger(__name__)
 
@@ -120,3 +120,25 @@ def quantize_int8(model: onnx.ModelProto, factory: BatchFactory) -> onnx.ModelPr
         out = onnx.load(str(dst))
     log.info("quantized to int8: %d nodes", len(out.graph.node))
     return out
+
+
+def qdq_for_planning(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
+    """The int8 (QDQ) form of a static-shaped ``model``, for planning against int8 kernels.
+
+    Quantized like ``--quantize int8`` does it, on two batches of N(0, 1) inputs in place
+    of the calibration data: the scales decide values, not which kernel runs or how fast.
+    Layer node names are kept by the quantizer, so the cost model's layers are the float
+    graph's layers with int8 signatures.
+    """
+    rng = np.random.default_rng(seed)
+    weights = {t.name for t in model.graph.initializer}
+    shapes = {
+        i.name: [d.dim_value or 1 for d in i.type.tensor_type.shape.dim]
+        for i in model.graph.input
+        if i.name not in weights
+    }
+    batches = [
+        {name: rng.standard_normal(shape).astype(np.float32) for name, shape in shapes.items()}
+        for _ in range(2)
+    ]
+    return quantize_int8(model, lambda: iter(batches))

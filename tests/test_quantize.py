@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from helpers import random_inputs, run
 from onnx import numpy_helper
 from test_cli import assert_bad_input, cli
@@ -77,3 +80,24 @@ def test_quantize_without_calibration_is_refused(tmp_path):
     onnx.save(FAMILIES["vgg"](), path)
     assert_bad_input(cli(str(path), str(out), "--ratio", "0.3", "--quantize", "int8"), "--calib")
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_quantize_int8_plans_against_int8_staircases(tmp_path):
+    """With --quantize int8 the latency planner's layers are int8 signatures: the profile
+    database holds int8 measurements afterwards, and no float32 ones."""
+    db = tmp_path / "profiles.sqlite"
+    result = prune(
+        EXAMPLES / "digits_resnet.onnx",
+        calib=str(EXAMPLES / "digits_calib.npz"),
+        calib_limit=64,
+        quantize="int8",
+        threads=1,
+        profile_db=str(db),
+        measure=False,
+    )
+    assert result.report["latency"]["predicted"]
+    with sqlite3.connect(db) as conn:
+        signatures = [json.loads(s) for (s,) in conn.execute("SELECT signature FROM measurements")]
+    dtypes = {s["dtype"] for s in signatures}
+    assert dtypes == {"int8"}, dtypes
