@@ -20,6 +20,11 @@ stored with the tensor):
   Per-tensor quantization (ddddocr's ``common_old``) leaves every channel its own width;
   a per-channel model codes each in its own few bits.
 
+- ``ans-clustered``: channels grouped into 8 clusters by their spread, one histogram
+  per cluster, rANS within each. Per-channel int8 weights differ in shape even when
+  MinMax gave each the full range; on PP-OCRv5 det the order-0 entropy falls from 5.10
+  to 4.91 bits per weight with 8 clusters (measured), for 8 histograms of overhead.
+
 Why no kernel dictionary or zero-run format: measured on the zoo and OCR models, exact
 repeats of int8 3x3 kernels and runs of zeros are rare after pruning (pruning removes the
 dead channels these formats are built for); the entropy coders capture the rest.
@@ -181,6 +186,54 @@ def _channel_decode(family: str) -> Callable[[bytes, np.dtype, tuple[int, ...]],
     return decode
 
 
+_CLUSTERS = 8
+
+
+def _clusters(rows: np.ndarray) -> np.ndarray:
+    """Channel -> cluster id by the channel's spread (quantiles of the std over channels)."""
+    sd = rows.astype(np.float64).std(axis=1)
+    edges = np.quantile(sd, np.linspace(0, 1, _CLUSTERS + 1)[1:-1])
+    return np.searchsorted(edges, sd).astype(np.uint8)
+
+
+def _clustered_encode(values: np.ndarray) -> bytes | None:
+    symbols = _symbols(values)
+    if symbols is None or values.ndim < 2 or values.shape[0] < 2 * _CLUSTERS:
+        return None
+    Categorical, AnsCoder = _constriction("Categorical")
+    rows = symbols.reshape(values.shape[0], -1)
+    cluster = _clusters(rows)
+    counts = np.stack(
+        [np.bincount(rows[cluster == k].ravel(), minlength=256) for k in range(_CLUSTERS)]
+    )
+    coder = AnsCoder()
+    for k in reversed(range(_CLUSTERS)):  # a stack: decoded in forward order
+        if counts[k].any():
+            model = Categorical(counts[k].astype(np.float64), perfect=False)
+            coder.encode_reverse(rows[cluster == k].ravel(), model)
+    table = _zstd(cluster.tobytes() + counts.astype(np.uint32).tobytes())
+    return struct.pack("<I", len(table)) + table + _ans_words(coder)
+
+
+def _clustered_decode(payload: bytes, dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+    Categorical, AnsCoder = _constriction("Categorical")
+    (size,) = struct.unpack_from("<I", payload)
+    table = _unzstd(payload[4 : 4 + size])
+    channels = shape[0]
+    cluster = np.frombuffer(table[:channels], np.uint8)
+    counts = np.frombuffer(table[channels:], np.uint32).reshape(_CLUSTERS, 256)
+    coder = AnsCoder(np.frombuffer(payload[4 + size :], np.uint32))
+    rows = np.zeros((channels, int(np.prod(shape)) // channels), np.int32)
+    for k in range(_CLUSTERS):
+        members = cluster == k
+        if counts[k].any():
+            model = Categorical(counts[k].astype(np.float64), perfect=False)
+            rows[members] = coder.decode(model, int(members.sum()) * rows.shape[1]).reshape(
+                -1, rows.shape[1]
+            )
+    return _values(rows, dtype)
+
+
 SCHEMES: dict[str, Scheme] = {
     "raw": Scheme(lambda v: v.tobytes(), lambda p, d, s: p),
     "zstd": Scheme(lambda v: _zstd(v.tobytes()), lambda p, d, s: _unzstd(p)),
@@ -188,6 +241,7 @@ SCHEMES: dict[str, Scheme] = {
     "ans-hist": Scheme(_hist_encode, _hist_decode),
     "ans-laplace": Scheme(_channel_encode("laplace"), _channel_decode("laplace")),
     "ans-gauss": Scheme(_channel_encode("gauss"), _channel_decode("gauss")),
+    "ans-clustered": Scheme(_clustered_encode, _clustered_decode),
 }
 
 
