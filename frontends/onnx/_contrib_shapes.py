@@ -42,9 +42,14 @@ def _global_pool(node: onnx.NodeProto, shapes: list[Shape | None]) -> Shape | No
 
 def _pool(node: onnx.NodeProto, shapes: list[Shape | None]) -> Shape | None:
     x = shapes[0]
-    if x is None or _attr(node, "channels_last", 0) or _attr(node, "auto_pad", b"NOTSET") not in (
-        b"NOTSET",
-        "NOTSET",
+    if (
+        x is None
+        or _attr(node, "channels_last", 0)
+        or _attr(node, "auto_pad", b"NOTSET")
+        not in (
+            b"NOTSET",
+            "NOTSET",
+        )
     ):
         return None
     kernel = list(_attr(node, "kernel_shape", []))
