@@ -134,6 +134,23 @@ def test_quantized_families_prune_like_float(fmt, tmp_path):
         assert sorted(g.size for g in groups_q.prunable) == sizes, name
 
 
+@pytest.mark.parametrize("fmt", ["QDQ", "QOperator"])
+def test_quantized_importance_follows_the_float_weights(fmt, tmp_path):
+    """Per-channel int8 gives every filter the full int8 range: scores must come from the
+    dequantized weights (integers times scales), else they say nothing."""
+    model = normalize_model(FAMILIES["vgg"]())
+    quant = _quantize(model, fmt, tmp_path)
+    scores = []
+    for m in (model, quant):
+        graph = load_graph(m)
+        groups = analyze_channel_groups(graph)
+        by_size = channel_importance(graph, groups, "l1")
+        scores.append(
+            np.concatenate([by_size[g.name] for g in sorted(groups.prunable, key=lambda g: g.size)])
+        )
+    assert np.corrcoef(*scores)[0, 1] > 0.99
+
+
 def _ddddocr_model() -> Path:
     spec = importlib.util.find_spec("ddddocr")
     if spec is None or spec.origin is None:

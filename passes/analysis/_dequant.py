@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-__all__ = ["dequantized_source", "dequantize", "per_axis_params"]
+__all__ = ["dequantized_source", "dequantize", "integer_weights", "per_axis_params"]
 
 
 def dequantized_source(tensor: gs.Tensor) -> gs.Node | None:
@@ -67,3 +67,61 @@ def per_axis_params(node: gs.Node, axis: int) -> list[gs.Tensor]:
     if int(np.prod(scale.shape)) <= 1 or _axis(node, ndim) != axis:
         return []
     return [t for t in node.inputs[1:3] if t.name]
+
+
+# Integer layers: (weight, scale, zero point) input positions, and the weight's output axis.
+_INTEGER_LAYERS = {
+    "QLinearConv": (3, 4, 5),
+    "QLinearMatMul": (3, 4, 5),
+    "QGemm": (3, 4, 5),
+    "ConvInteger": (1, None, 3),
+    "MatMulInteger": (1, None, 3),
+}
+
+
+def integer_weights(graph: gs.Graph) -> dict[str, np.ndarray]:
+    """Dequantized values of the integer weights of QLinearConv, QGemm, ConvInteger...
+
+    Per-channel quantization gives every filter the full int8 range, so raw integers say
+    nothing about a filter's magnitude; ``(w - zero_point) * scale`` does. Scales run
+    along the output axis (0 for convs and ``QGemm`` with transB, 1 for MatMul).
+    """
+    out: dict[str, np.ndarray] = {}
+    for node in graph.nodes:
+        spec = _INTEGER_LAYERS.get(node.op)
+        if spec is None or len(node.inputs) <= spec[0]:
+            continue
+        w = node.inputs[spec[0]]
+        if not isinstance(w, gs.Constant) or w.name in out:
+            continue
+        scale, zp = _param(node, spec[1], 1.0), _param(node, spec[2], 0.0)
+        if scale is None or zp is None:
+            continue
+        axis, ndim = _out_axis(node, w), len(w.shape)
+        values = np.asarray(w.values).astype(np.float32) - _along(zp, ndim, axis)
+        out[w.name] = values * _along(scale, ndim, axis)
+    return out
+
+
+def _param(node: gs.Node, index: int | None, default: float) -> np.ndarray | None:
+    """A scale or zero point as a flat float32 array; ``default`` when absent, None when
+    computed at run time."""
+    if index is None or index >= len(node.inputs) or not node.inputs[index].name:
+        return np.full(1, default, np.float32)
+    t = node.inputs[index]
+    return np.asarray(t.values, np.float32).reshape(-1) if isinstance(t, gs.Constant) else None
+
+
+def _along(v: np.ndarray, ndim: int, axis: int) -> np.ndarray:
+    shape = [1] * ndim
+    if v.size > 1:
+        shape[axis] = v.size
+    return v.reshape(shape)
+
+
+def _out_axis(node: gs.Node, w: gs.Constant) -> int:
+    if node.op in ("QLinearMatMul", "MatMulInteger"):
+        return 1
+    if node.op == "QGemm":
+        return 0 if int(node.attrs.get("transB", 0)) else 1
+    return 0
