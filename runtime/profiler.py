@@ -233,6 +233,19 @@ def _key(layer: Layer) -> tuple[str, int, int]:
     return (layer.signature.key(), layer.in_channels, layer.out_channels)
 
 
+def _integer_ops_hint(model: onnx.ModelProto) -> str:
+    """Integer-operator models (QLinearConv, ConvInteger) prune, but have no latency
+    model yet: say what works instead."""
+    integer = {"QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger"}
+    if not any(n.op_type in integer for n in model.graph.node):
+        return ""
+    return (
+        "; its layers are integer operators (QOperator or dynamic quantization), which "
+        "have no latency model: use --ratio or --method global, or prune the float or "
+        "QDQ model"
+    )
+
+
 def build_cost_model(
     source,
     backend: Backend,
@@ -247,7 +260,10 @@ def build_cost_model(
     """
     model, layers = load_model_and_layers(source)
     if not layers:
-        raise UserError("the model has no prunable Conv/Gemm/MatMul layer with constant weights")
+        raise UserError(
+            "the model has no prunable Conv/Gemm/MatMul layer with constant weights"
+            + _integer_ops_hint(model)
+        )
     models = profile_layers(layers, backend, target, db, options, progress)
     fp, mkey = backend.fingerprint_hash(), model_key(model)
     cal = db.get_calibration(target, fp, mkey) if db else None

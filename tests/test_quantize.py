@@ -101,3 +101,17 @@ def test_quantize_int8_plans_against_int8_staircases(tmp_path):
         signatures = [json.loads(s) for (s,) in conn.execute("SELECT signature FROM measurements")]
     dtypes = {s["dtype"] for s in signatures}
     assert dtypes == {"int8"}, dtypes
+
+
+def test_cli_prunes_a_qoperator_model_by_ratio_and_explains_latency(tmp_path):
+    from test_quant_families import _quantize
+
+    path, out = tmp_path / "q.onnx", tmp_path / "out.onnx"
+    onnx.save(_quantize(FAMILIES["resnet_basic"](), "QOperator", tmp_path), path)
+    proc = cli(str(path), str(out), "--ratio", "0.3", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert {n.op_type for n in onnx.load(out).graph.node} >= {"QLinearConv", "QGemm"}
+    out.unlink()
+    proc = cli(str(path), str(out), "--threads", "1", "--no-measure")
+    assert_bad_input(proc, "integer operators")
+    assert not out.exists()
