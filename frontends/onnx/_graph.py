@@ -6,8 +6,10 @@ Resize all take inputs from opset 13 on, so handlers need one form only); consta
 subgraphs (Constant, ConstantOfShape, Identity, Cast, Reshape/Unsqueeze of initializers)
 folded into initializers; shapes inferred with symbolic dimensions kept.
 Quantization nodes (QuantizeLinear/DequantizeLinear) are never folded: folding them would
-silently turn an int8 model into a float one. Their Conv then has a non-constant weight and
-its channel groups freeze.
+silently turn an int8 model into a float one. The analysis sees a weight behind a
+DequantizeLinear as a quantized constant (``passes/analysis/_dequant.py``). Output shapes of
+onnxruntime's com.microsoft quantized ops, which onnx's inference skips, come from
+``_contrib_shapes.py``.
 """
 
 from __future__ import annotations
