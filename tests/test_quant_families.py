@@ -174,3 +174,14 @@ def test_ddddocr_common_old_prunes():
     feeds = random_inputs(model, batch=1)
     before, after = run(model, feeds)[0], run(pruned, feeds)[0]
     assert after.shape == before.shape and np.isfinite(after).all()
+
+
+def test_frontend_keeps_quantized_weights(tmp_path):
+    """Folding DequantizeLinear(int8 constant) would turn the model back into float."""
+    model = _quantize(normalize_model(FAMILIES["resnet_basic"]()), "QDQ", tmp_path)
+    graph = load_graph(model)
+    weight_dqs = [
+        n for n in graph.nodes if n.op == "DequantizeLinear" and n.inputs[0].dtype == np.int8
+    ]
+    convs = [n for n in graph.nodes if n.op == "Conv"]
+    assert convs and all(n.inputs[1].inputs[0] in weight_dqs for n in convs)
