@@ -154,10 +154,12 @@ def layer_key(layer: Layer) -> tuple[str, int, int]:
     return (layer.signature.key(), layer.in_channels, layer.out_channels)
 
 
-def require_layers(layers: Sequence[Layer]) -> None:
-    """:class:`UserError` when there is nothing to price."""
+def require_layers(layers: Sequence[Layer], hint: str = "") -> None:
+    """:class:`UserError` when there is nothing to price; ``hint`` says what works instead."""
     if not layers:
-        raise UserError("the model has no prunable Conv/Gemm/MatMul layer with constant weights")
+        raise UserError(
+            "the model has no prunable Conv/Gemm/MatMul layer with constant weights" + hint
+        )
 
 
 def assemble_cost_model(

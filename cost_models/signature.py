@@ -140,7 +140,7 @@ def extract_layers(graph: gs.Graph) -> list[Layer]:
 def _layer_of(node: gs.Node, graph_inputs: set[str], graph_outputs: set[str]) -> Layer | None:
     if node.op not in LAYER_OPS:
         return None
-    if len(node.inputs) < 2 or not isinstance(node.inputs[1], gs.Constant):
+    if len(node.inputs) < 2 or _weight(node) is None:
         return None
     x = node.inputs[0]
     if x.shape is None or any(not isinstance(d, int) for d in x.shape):
@@ -163,8 +163,29 @@ def _layer_of(node: gs.Node, graph_inputs: set[str], graph_outputs: set[str]) ->
     )
 
 
+class _WeightInfo:
+    """Shape and element type of a layer's weight (``.shape``/``.ndim``/``.dtype``)."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: str) -> None:
+        self.shape, self.ndim, self.dtype = shape, len(shape), dtype
+
+
+def _weight(node: gs.Node) -> _WeightInfo | None:
+    """The weight of ``node``: a constant, or a quantized constant behind a
+    DequantizeLinear (QDQ models). A quantized weight's dtype is its integer type
+    (``int8``), so int8 layers get their own signatures and staircases."""
+    w = node.inputs[1]
+    if isinstance(w, gs.Constant):
+        return _WeightInfo(tuple(int(d) for d in w.shape), str(w.dtype))
+    dq = w.inputs[0] if len(w.inputs) == 1 else None
+    if dq is None or dq.op != "DequantizeLinear" or not isinstance(dq.inputs[0], gs.Constant):
+        return None
+    q = dq.inputs[0]
+    return _WeightInfo(tuple(int(d) for d in q.shape), str(q.dtype))
+
+
 def _conv_signature(node: gs.Node) -> tuple[LayerSignature, int, int]:
-    x, w = node.inputs[0], node.inputs[1].values
+    x, w = node.inputs[0], _weight(node)
     nd = w.ndim - 2
     group = int(node.attrs.get("group", 1))
     cin = int(x.shape[1])
@@ -194,7 +215,7 @@ def _conv_signature(node: gs.Node) -> tuple[LayerSignature, int, int]:
 
 
 def _matmul_signature(node: gs.Node):
-    x, w = node.inputs[0], node.inputs[1].values
+    x, w = node.inputs[0], _weight(node)
     if w.ndim != 2:
         return None, 0, 0
     trans_b = node.op == "Gemm" and int(node.attrs.get("transB", 0)) == 1

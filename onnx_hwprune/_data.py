@@ -13,7 +13,7 @@ from onnx_hwprune.passes.analysis.data_importance import DATA_CRITERIA
 from onnx_hwprune.passes.analysis.groups import ChannelGroups
 from onnx_hwprune.passes.plan.plan import Plan
 
-__all__ = ["activations", "calibration", "recover_model", "accuracy_section"]
+__all__ = ["activations", "calibration", "recover_model", "quantize_model", "accuracy_section"]
 
 
 def calibration(opts: PruneOptions, source: onnx.ModelProto):
@@ -47,15 +47,31 @@ def recover_model(
     return recover(source, pruned, groups, plan, factory, method=opts.recover, ridge=opts.ridge)
 
 
+def quantize_model(opts: PruneOptions, model: onnx.ModelProto, factory) -> onnx.ModelProto:
+    from onnx_hwprune.runtime.quantize import quantization_summary, quantize_int8
+
+    quantization_summary(opts.quantize)  # an unknown scheme fails before the work
+    return quantize_int8(model, factory)
+
+
 def accuracy_section(
-    opts: PruneOptions, source: onnx.ModelProto, pruned: onnx.ModelProto
+    opts: PruneOptions,
+    source: onnx.ModelProto,
+    pruned: onnx.ModelProto,
+    pruned_float: onnx.ModelProto | None = None,
 ) -> dict[str, Any]:
-    """Top-1 before and after on ``--eval`` data (agreement with the original if unlabelled)."""
+    """Top-1 before and after on ``--eval`` data (agreement with the original if unlabelled).
+
+    With ``--quantize``, ``pruned`` is the int8 model and ``pruned_float`` the pruned
+    model before quantization; its top-1 is reported too, so each step's cost shows.
+    """
     from onnx_hwprune.runtime.evaluate import agreement, evaluate
 
     before, after = evaluate(source, opts.eval_data), evaluate(pruned, opts.eval_data)
     section: dict[str, Any] = {"data": str(opts.eval_data), "samples": after.num_samples}
     if after.top1 is not None:
         section["top1"] = [before.top1, after.top1]
+        if pruned_float is not None:
+            section["top1_pruned_float"] = evaluate(pruned_float, opts.eval_data).top1
     section["agreement"] = agreement(source, pruned, opts.eval_data)
     return section

@@ -36,6 +36,10 @@ def cost_model(opts: PruneOptions, source: onnx.ModelProto, progress: Callable |
 
     target = get_target(opts.target, measurable=False)
     static = with_static_inputs(source)  # deployment latency: batch 1 where symbolic
+    if opts.quantize == "int8":  # plan for the int8 kernels that will run (int8 staircases)
+        from onnx_hwprune.runtime.quantize import qdq_for_planning
+
+        static = qdq_for_planning(static)
     if target.cost_source == "shipped":
         return shipped_cost_model(target.name, static, progress=progress), None
     db = ProfileDB(opts.profile_db)

@@ -90,6 +90,9 @@ def prune(
     out = export_model(pruned_mod.graph)
     if opts.recover:
         out = _data.recover_model(opts, source, out, mod.groups, planned.plan, factory)
+    pruned_float = None
+    if opts.quantize:
+        pruned_float, out = out, _data.quantize_model(opts, out, factory)
     verify_model(out)
     report = build_report(
         mod.groups,
@@ -99,6 +102,8 @@ def prune(
         opts.to_json(),
     )
     _add_sections(report, opts, cost, backend, mod, planned.plan, source, out)
+    if pruned_float is not None:
+        _add_quantize_section(report, opts, source, pruned_float, out)
     return PruneResult(out, planned.plan, report)
 
 
@@ -131,6 +136,14 @@ def _add_sections(report, opts, cost, backend, mod, plan, source, out) -> None:
             )
     if opts.eval_data is not None:
         report["accuracy"] = _data.accuracy_section(opts, source, out)
+
+
+def _add_quantize_section(report, opts, source, pruned_float, out) -> None:
+    from onnx_hwprune.runtime.quantize import quantization_summary
+
+    report["quantize"] = quantization_summary(opts.quantize)
+    if opts.eval_data is not None:
+        report["accuracy"] = _data.accuracy_section(opts, source, out, pruned_float)
 
 
 def _frozen_summary(mod: Module) -> str:

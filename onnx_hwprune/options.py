@@ -52,6 +52,7 @@ class PruneOptions:
     recover: str | None = None
     ridge: float = 1e-3
     eval_data: str | os.PathLike | None = None
+    quantize: str | None = None  # "int8": onnxruntime's quantize_static after recovery
     input_shapes: Mapping[str, Sequence[int]] | None = field(default=None)
 
     def __post_init__(self) -> None:
@@ -103,6 +104,8 @@ class PruneOptions:
             raise UserError("--memory-budget needs --method latency with --planner exact")
         if self.recover is not None and self.calib is None:
             raise UserError(f"--recover {self.recover} needs calibration data (--calib)")
+        if self.quantize is not None and self.calib is None:
+            raise UserError(f"--quantize {self.quantize} needs calibration data (--calib)")
 
     def to_json(self) -> dict:
         """The options as recorded in reports (paths as given, no data)."""
@@ -116,4 +119,5 @@ class PruneOptions:
             "recover": self.recover,
             "planner": self.planner if self.resolved_method() == "latency" else None,
             "memory_budget": str(self.memory_budget) if self.memory_budget else None,
+            "quantize": self.quantize,
         }

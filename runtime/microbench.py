@@ -22,6 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx_hwprune.cost_models.profile_db import Measurement, ProfileDB
 from onnx_hwprune.cost_models.signature import LayerSignature, layer_shapes
 from onnx_hwprune.runtime.backend import Backend
+from onnx_hwprune.runtime.qdq_layer import INT8_DTYPES, qdq_layer_model
 from onnx_hwprune.runtime.timing import TimingConfig, measure
 
 __all__ = ["build_layer_model", "layer_shapes", "measure_points"]
@@ -42,6 +43,8 @@ def build_layer_model(
     For depthwise layers ``out_ch`` is ignored (out = in * multiplier); for grouped
     layers ``in_ch`` must be a multiple of ``in_per_group``.
     """
+    if sig.dtype in INT8_DTYPES:  # timed as the fused int8 kernel (see qdq_layer.py)
+        return qdq_layer_model(sig, in_ch, out_ch, seed=seed)
     rng = np.random.default_rng(seed)
     xshape, wshape, group = layer_shapes(sig, in_ch, out_ch)
     np_dtype = np.float16 if sig.dtype == "float16" else np.float32

@@ -229,6 +229,19 @@ def _time_model(model: onnx.ModelProto, backend: Backend, timing: TimingConfig |
         runnable.close()
 
 
+def _integer_ops_hint(model: onnx.ModelProto) -> str:
+    """Integer-operator models (QLinearConv, ConvInteger) prune, but have no latency
+    model yet: say what works instead."""
+    integer = {"QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger"}
+    if not any(n.op_type in integer for n in model.graph.node):
+        return ""
+    return (
+        "; its layers are integer operators (QOperator or dynamic quantization), which "
+        "have no latency model: use --ratio or --method global, or prune the float or "
+        "QDQ model"
+    )
+
+
 def build_cost_model(
     source,
     backend: Backend,
@@ -242,7 +255,7 @@ def build_cost_model(
     The calibration is stored in ``db`` under the model's hash and reused next time.
     """
     model, layers = load_model_and_layers(source)
-    require_layers(layers)
+    require_layers(layers, _integer_ops_hint(model))
     models = profile_layers(layers, backend, target, db, options, progress)
     fp, mkey = backend.fingerprint_hash(), model_key(model)
     cal = db.get_calibration(target, fp, mkey) if db else None

@@ -6,8 +6,10 @@ Resize all take inputs from opset 13 on, so handlers need one form only); consta
 subgraphs (Constant, ConstantOfShape, Identity, Cast, Reshape/Unsqueeze of initializers)
 folded into initializers; shapes inferred with symbolic dimensions kept.
 Quantization nodes (QuantizeLinear/DequantizeLinear) are never folded: folding them would
-silently turn an int8 model into a float one. Their Conv then has a non-constant weight and
-its channel groups freeze.
+silently turn an int8 model into a float one. The analysis sees a weight behind a
+DequantizeLinear as a quantized constant (``passes/analysis/_dequant.py``). Output shapes of
+onnxruntime's com.microsoft quantized ops, which onnx's inference skips, come from
+``_contrib_shapes.py``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import onnxruntime as ort
 from onnx import shape_inference, version_converter
 
 from onnx_hwprune.errors import UserError
+from onnx_hwprune.frontends.onnx._contrib_shapes import contrib_shapes
 from onnx_hwprune.frontends.onnx._io import ModelSource, read_model
 from onnx_hwprune.frontends.onnx._validate import check_shape_overrides
 
@@ -172,10 +175,12 @@ def _infer(model: onnx.ModelProto, strict: bool = False) -> onnx.ModelProto:
     peak at several times its size here.
     """
     _fix_ir_version(model)
+    skeleton = _skeleton(model)
     try:
         inferred = shape_inference.infer_shapes(
-            _skeleton(model), check_type=False, strict_mode=strict, data_prop=True
+            skeleton, check_type=False, strict_mode=strict, data_prop=True
         )
+        inferred = _infer_contrib(skeleton, inferred, strict)
     except Exception as exc:  # shape inference raises InferenceError or bare C++ errors
         if strict:
             raise
@@ -185,6 +190,24 @@ def _infer(model: onnx.ModelProto, strict: bool = False) -> onnx.ModelProto:
     for dst, src in zip(model.graph.output, inferred.graph.output, strict=True):
         dst.CopyFrom(src)
     return model
+
+
+def _infer_contrib(
+    skeleton: onnx.ModelProto, inferred: onnx.ModelProto, strict: bool
+) -> onnx.ModelProto:
+    """Alternate onnx's inference with the contrib-op rules until nothing new is known
+    (one round per chain of com.microsoft ops, so a QOperator ResNet needs a handful)."""
+    for _ in range(len(skeleton.graph.node)):
+        g = inferred.graph
+        known = {vi.name: vi for vi in (*g.value_info, *g.input, *g.output)}
+        extra = contrib_shapes(skeleton, known)
+        if not extra:
+            break
+        skeleton.graph.value_info.extend(extra)
+        inferred = shape_inference.infer_shapes(
+            skeleton, check_type=False, strict_mode=strict, data_prop=True
+        )
+    return inferred
 
 
 _SKELETON_KEEP_BYTES = 4096  # shape-computing constants (Reshape targets...) are smaller

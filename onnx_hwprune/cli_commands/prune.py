@@ -55,6 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from onnx_hwprune.passes.analysis.data_importance import DATA_CRITERIA
     from onnx_hwprune.passes.analysis.importance import CRITERIA
     from onnx_hwprune.passes.plan.methods import METHODS, choosable_methods
+    from onnx_hwprune.runtime.quantize import QUANTIZE_SCHEMES
     from onnx_hwprune.runtime.recovery import RECOVERY_METHODS
     from onnx_hwprune.runtime.targets import target_names
 
@@ -141,12 +142,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="D.npz",
         help="report top-1 accuracy before/after (npz with 'input' and 'label')",
     )
+    data.add_argument(
+        "--quantize",
+        choices=sorted(QUANTIZE_SCHEMES),
+        help="after pruning and recovery, quantize with onnxruntime's quantize_static "
+        "(QDQ, per-channel int8 weights) calibrated on --calib",
+    )
     out = parser.add_argument_group("output")
     out.add_argument(
         "--emit",
-        choices=["onnx", "tvm"],
+        choices=["onnx", "tvm", "compressed"],
         default="onnx",
-        help="tvm: also write a compiled TVM module for the target to OUT-stem.tvm/",
+        help="tvm: also write a compiled TVM module for the target to OUT-stem.tvm/; "
+        "compressed: also write OUT-stem.hwz, the weights coded losslessly "
+        "(onnx_hwprune.compress.load gives OUT back, byte for byte)",
     )
     out.add_argument(
         "--cross-compiler",
@@ -194,9 +203,14 @@ def _check_paths(args: argparse.Namespace) -> None:
     guard.output("OUT", args.output)
     guard.output("--report", args.report)
     guard.output("--save-plan", args.save_plan)
+    out = Path(args.output)
     if args.emit == "tvm":
-        out = Path(args.output)
         guard.output("--emit tvm folder", out.with_name(out.stem + ".tvm"), folder=True)
+    if args.emit == "compressed":
+        hwz = out.with_name(out.stem + ".hwz")
+        if hwz == out:
+            raise UserError(f"--emit compressed writes {hwz} beside OUT: give OUT another suffix")
+        guard.output("--emit compressed file", hwz)
     guard.check()
 
 
@@ -222,6 +236,7 @@ def _options(args: argparse.Namespace):
         calib_limit=args.calib_limit,
         recover=args.recover,
         eval_data=args.eval_data,
+        quantize=args.quantize,
         input_shapes=parse_input_shapes(args.input_shape) or None,
     )
 
@@ -233,6 +248,23 @@ def _emit_tvm(result, args: argparse.Namespace) -> None:
     files = emit_tvm(result.model, out.with_name(out.stem + ".tvm"), args.target,
                      cross_compiler=args.cross_compiler)  # fmt: skip
     result.report["emitted"] = [str(f) for f in files]
+
+
+def _emit_compressed(result, data: bytes, args: argparse.Namespace) -> None:
+    from onnx_hwprune.compress import save
+
+    out = Path(args.output)
+    path = out.with_name(out.stem + ".hwz")
+    stats = save(data, path)
+    result.report["emitted"] = [str(path)]
+    result.report["compressed"] = {
+        "file": str(path),
+        "model_bytes": stats.model_bytes,
+        "file_bytes": stats.file_bytes,
+        "weight_bytes": stats.weight_bytes,
+        "coded_weight_bytes": stats.coded_weight_bytes,
+        "schemes": stats.schemes,
+    }
 
 
 def _write_json(path: str | None, data: dict) -> None:
@@ -270,9 +302,12 @@ def run(args: argparse.Namespace) -> int:
         _write_json(args.report, result.report)
         print(f"nothing pruned, model copied unchanged: {result.reason}")
         return 0
-    write_bytes_atomic(args.output, serialize(result.model))
+    data = serialize(result.model)
+    write_bytes_atomic(args.output, data)
     if args.emit == "tvm":
         _emit_tvm(result, args)
+    elif args.emit == "compressed":
+        _emit_compressed(result, data, args)
     _write_json(args.report, result.report)
     _write_json(args.save_plan, result.plan.to_json())
     if not args.quiet:

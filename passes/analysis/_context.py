@@ -12,15 +12,29 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnx_hwprune.passes.analysis._coupling import CouplingTable
+from onnx_hwprune.passes.analysis._dequant import dequantize, dequantized_source, per_axis_params
 
-__all__ = ["CoupleContext", "RewriteContext", "const_values", "static_shape"]
+__all__ = ["CoupleContext", "RewriteContext", "const_shape", "const_values", "static_shape"]
 
 
 def const_values(tensor: gs.Tensor) -> np.ndarray | None:
-    """The value of a constant input, or None when the tensor is computed at run time."""
+    """The value of a constant input, or None when the tensor is computed at run time.
+
+    A quantized weight (``DequantizeLinear`` of constants, see :mod:`._dequant`) is a
+    constant: its value is the dequantized one.
+    """
     if isinstance(tensor, gs.Constant):
         return np.asarray(tensor.values)
-    return None
+    source = dequantized_source(tensor)
+    return dequantize(source) if source is not None else None
+
+
+def const_shape(tensor: gs.Tensor) -> tuple[int, ...] | None:
+    """The shape of a constant (quantized or not) without computing its values."""
+    if isinstance(tensor, gs.Constant):
+        return tuple(int(d) for d in tensor.shape)
+    source = dequantized_source(tensor)
+    return tuple(int(d) for d in source.inputs[0].shape) if source is not None else None
 
 
 def static_shape(tensor: gs.Tensor) -> list[int | str] | None:
@@ -54,13 +68,30 @@ class CoupleContext:
         return sid
 
     def param(self, tensor: gs.Tensor, node: gs.Node, role: str, axis: int) -> int | None:
-        """The space of axis ``axis`` of a constant input; None if it is not a constant."""
-        values = const_values(tensor)
-        if values is None:
+        """The space of axis ``axis`` of a constant input; None if it is not a constant.
+
+        For a quantized constant the integer tensor (role ``<role>_q``) and per-channel
+        scales and zero points along ``axis`` (role ``quant_param``) join the space.
+        """
+        shape = const_shape(tensor)
+        if shape is None:
             return None
-        sid = self.table.space(tensor.name, axis, int(values.shape[axis]), is_param=True)
+        sid = self.table.space(tensor.name, axis, shape[axis], is_param=True)
         self.table.declare(sid, node.name, role)
+        source = dequantized_source(tensor)
+        if source is not None:
+            self._couple_dequantized(source, sid, role, axis)
         return sid
+
+    def _couple_dequantized(self, dq: gs.Node, sid: int, role: str, axis: int) -> None:
+        size = self.size(sid)
+        sx = self.table.space(dq.inputs[0].name, axis, size, is_param=True)
+        self.table.declare(sx, dq.name, f"{role}_q")
+        self.union(sid, sx)
+        for t in per_axis_params(dq, axis):
+            sp = self.table.space(t.name, 0, int(np.prod(t.shape)), is_param=True)
+            self.table.declare(sp, dq.name, "quant_param")
+            self.union(sid, sp)
 
     def broadcast_param(
         self, tensor: gs.Tensor, node: gs.Node, out_rank: int, channels: int

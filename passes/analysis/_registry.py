@@ -5,7 +5,9 @@ A handler has two duties, both explicit:
 - ``couple(node, ctx)``: declare the node's channel spaces and which of their elements
   must be removed together (see :mod:`._coupling`), or freeze them with a reason;
 - ``rewrite(node, ctx)``: after channels were removed, fix what is not a sliced weight:
-  the ``group`` attribute of a Conv, Split sizes, Slice bounds, Reshape shape constants.
+  the ``group`` attribute of a Conv, Split sizes, Slice bounds, Reshape shape constants;
+- optionally ``claims(node)``: the nodes of a side pattern the handler couples itself
+  (ConvInteger's run-time bias chain); their own handlers are then not run.
 
 Constants that carry a channel axis (weights, biases, BN parameters, per-channel scales)
 are declared as spaces and sliced generically by the pruning pass; a handler's
@@ -46,13 +48,17 @@ class _Entry:
     since: int
     until: int | None  # last opset the handler understands, None = open-ended
     handler: OpHandler
+    domain: str = ""  # "" is the default ONNX domain; opset ranges apply to it only
 
     def covers(self, opset: int) -> bool:
         return self.since <= opset and (self.until is None or opset <= self.until)
 
 
 class HandlerRegistry:
-    """Handlers keyed by op type of the default ONNX domain, with opset ranges.
+    """Handlers keyed by op type and domain, with opset ranges (of the default domain).
+
+    Ops of other domains (``com.microsoft``'s QLinearAdd, QGemm...) are looked up only
+    when a handler was registered for that very domain.
 
     Registering a second handler for an overlapping opset range of the same op is an
     error, so a handler can never be shadowed by accident.
@@ -62,20 +68,24 @@ class HandlerRegistry:
         self._entries: dict[str, list[_Entry]] = {}
 
     def add(
-        self, ops: tuple[str, ...], handler: OpHandler, since: int = 1, until: int | None = None
+        self,
+        ops: tuple[str, ...],
+        handler: OpHandler,
+        since: int = 1,
+        until: int | None = None,
+        domain: str = "",
     ) -> None:
         for op in ops:
-            entry = _Entry(op, since, until, handler)
+            entry = _Entry(op, since, until, handler, _domain(domain))
             for other in self._entries.get(op, []):
-                if _overlaps(entry, other):
+                if other.domain == entry.domain and _overlaps(entry, other):
                     raise ValueError(f"duplicate handler for {op} (opsets {since}..{until})")
             self._entries.setdefault(op, []).append(entry)
 
     def lookup(self, op: str, domain: str, opset: int) -> OpHandler | None:
-        if domain not in ("", "ai.onnx"):
-            return None
+        domain = _domain(domain)
         for entry in self._entries.get(op, []):
-            if entry.covers(opset):
+            if entry.domain == domain and (domain or entry.covers(opset)):
                 return entry.handler
         return None
 
@@ -88,6 +98,10 @@ class HandlerRegistry:
         return new
 
 
+def _domain(domain: str | None) -> str:
+    return "" if domain in (None, "", "ai.onnx") else domain
+
+
 def _overlaps(a: _Entry, b: _Entry) -> bool:
     a_end = a.until if a.until is not None else 10**9
     b_end = b.until if b.until is not None else 10**9
@@ -97,11 +111,13 @@ def _overlaps(a: _Entry, b: _Entry) -> bool:
 DEFAULT_REGISTRY = HandlerRegistry()
 
 
-def register(*ops: str, since: int = 1, until: int | None = None) -> Callable[[type], type]:
+def register(
+    *ops: str, since: int = 1, until: int | None = None, domain: str = ""
+) -> Callable[[type], type]:
     """Class decorator: instantiate the handler and add it to :data:`DEFAULT_REGISTRY`."""
 
     def wrap(cls: type) -> type:
-        DEFAULT_REGISTRY.add(ops, cls(), since, until)
+        DEFAULT_REGISTRY.add(ops, cls(), since, until, domain)
         return cls
 
     return wrap

@@ -41,7 +41,10 @@ def analyze_channel_groups(
     """Find the channel groups of ``graph`` (see the module docstring for the rules)."""
     table = CouplingTable()
     ctx = CoupleContext(table, graph_opset(graph))
+    claimed = _claimed_nodes(graph, registry, ctx.opset)
     for node in graph.nodes:
+        if id(node) in claimed:
+            continue
         handler = registry.lookup(node.op, node.domain or "", ctx.opset)
         if handler is None:
             ctx.freeze_node(
@@ -53,6 +56,18 @@ def analyze_channel_groups(
         handler.couple(node, ctx)
     _freeze_interface(graph, table, ctx)
     return _read_groups(table)
+
+
+def _claimed_nodes(graph: gs.Graph, registry: HandlerRegistry, opset: int) -> set[int]:
+    """Nodes that another node's handler couples as part of its pattern (a handler's
+    optional ``claims(node)``: ConvInteger's run-time bias chain). Their own handlers are
+    not run: they would see a rank-1 side chain and freeze it."""
+    claimed: set[int] = set()
+    for node in graph.nodes:
+        claims = getattr(registry.lookup(node.op, node.domain or "", opset), "claims", None)
+        if claims is not None:
+            claimed.update(id(n) for n in claims(node))
+    return claimed
 
 
 def _freeze_interface(graph: gs.Graph, table: CouplingTable, ctx: CoupleContext) -> None:

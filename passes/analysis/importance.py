@@ -21,6 +21,8 @@ import onnx_graphsurgeon as gs
 
 from onnx_hwprune.errors import UserError
 from onnx_hwprune.passes._infra import Module, Pass, PassContext, PassError
+from onnx_hwprune.passes.analysis._context import const_values
+from onnx_hwprune.passes.analysis._dequant import integer_weights
 from onnx_hwprune.passes.analysis.groups import ChannelGroup, ChannelGroups, Member
 
 __all__ = ["CRITERIA", "ChannelImportance", "channel_importance"]
@@ -77,19 +79,24 @@ def channel_importance(
     """Scores for every prunable group, keyed by group name."""
     if criterion not in CRITERIA:
         raise ValueError(f"unknown criterion {criterion!r}; choose from {sorted(CRITERIA)}")
-    constants = {name: t for name, t in graph.tensors().items() if isinstance(t, gs.Constant)}
-    weights = _LazyValues(constants)
+    weights = _LazyValues(graph.tensors(), integer_weights(graph))
     return {g.name: CRITERIA[criterion](g, weights) for g in groups.prunable}
 
 
 class _LazyValues(Mapping[str, np.ndarray]):
-    """Constant values by name, materialised only when a criterion reads them."""
+    """Constant values by name, materialised only when a criterion reads them; a
+    quantized weight reads as its dequantized values."""
 
-    def __init__(self, constants: Mapping[str, gs.Constant]) -> None:
-        self._constants = constants
+    def __init__(self, tensors: Mapping[str, gs.Tensor], integer: Mapping[str, np.ndarray]) -> None:
+        self._constants, self._integer = tensors, integer
 
     def __getitem__(self, name: str) -> np.ndarray:
-        return np.asarray(self._constants[name].values)
+        if name in self._integer:  # QLinearConv & co: integers times their scales
+            return self._integer[name]
+        values = const_values(self._constants[name])
+        if values is None:
+            raise KeyError(name)
+        return values
 
     def __iter__(self):
         return iter(self._constants)

@@ -8,6 +8,7 @@ from onnx_hwprune.passes.analysis.handlers import (  # noqa: F401  (registration
     elementwise,
     linear,
     normalization,
+    quant,
     reshape,
     spatial,
 )

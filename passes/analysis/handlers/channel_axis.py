@@ -17,7 +17,7 @@ from onnx_hwprune.passes.analysis._context import CoupleContext, RewriteContext,
 from onnx_hwprune.passes.analysis._registry import register
 from onnx_hwprune.passes.analysis.handlers._base import Handler, optional_input, rank
 
-__all__ = ["ConcatHandler", "SplitHandler", "SliceHandler"]
+__all__ = ["ConcatHandler", "SplitHandler", "SliceHandler", "couple_whole"]
 
 
 def _is_channel_axis(node: gs.Node, data: gs.Tensor, default: int = 0) -> bool | None:
@@ -61,6 +61,9 @@ def _couple_whole(
     for sp in parts:
         if sp is not None:
             ctx.union(sw, sp)
+
+
+couple_whole = _couple_whole  # shared with QLinearConcat (quant.py)
 
 
 @register("Concat")

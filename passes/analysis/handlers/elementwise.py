@@ -122,3 +122,5 @@ class BroadcastHandler(Handler):
         sx = ctx.act(operand, node, "act_in")
         if sx is not None:
             ctx.union(sy, sx)
+
+    couple_operand = _couple_operand  # shared with QLinearAdd/QLinearMul (quant.py)

@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from onnx_hwprune.passes.analysis._context import CoupleContext, const_values
+from onnx_hwprune.passes.analysis._context import CoupleContext, const_shape
 from onnx_hwprune.passes.analysis._registry import register
 from onnx_hwprune.passes.analysis.handlers._base import Handler, optional_input, rank
 
-__all__ = ["GemmHandler", "MatMulHandler"]
+__all__ = ["GemmHandler", "MatMulHandler", "couple_dense"]
 
 
-def _couple_dense(
+def couple_dense(
     node: gs.Node, ctx: CoupleContext, w: gs.Tensor, in_axis: int, out_axis: int
 ) -> int | None:
+    """Couple ``y = a @ w`` (2-D ``a``, constant 2-D ``w``); the output space or None."""
     a, y = node.inputs[0], node.outputs[0]
-    if const_values(w) is None or const_values(w).ndim != 2:
+    shape = const_shape(w)
+    if shape is None or len(shape) != 2:
         ctx.freeze_node(node, "weight is not a constant matrix")
         return None
     if rank(a) != 2:
@@ -42,7 +44,7 @@ class GemmHandler(Handler):
             ctx.freeze_node(node, "transA=1 is not supported")
             return
         trans_b = int(node.attrs.get("transB", 0))
-        sy = _couple_dense(node, ctx, node.inputs[1], 1 if trans_b else 0, 0 if trans_b else 1)
+        sy = couple_dense(node, ctx, node.inputs[1], 1 if trans_b else 0, 0 if trans_b else 1)
         bias = optional_input(node, 2)
         if sy is not None and bias is not None:
             sc = ctx.broadcast_param(bias, node, 2, ctx.size(sy))
@@ -53,4 +55,4 @@ class GemmHandler(Handler):
 @register("MatMul")
 class MatMulHandler(Handler):
     def couple(self, node: gs.Node, ctx: CoupleContext) -> None:
-        _couple_dense(node, ctx, node.inputs[1], 0, 1)
+        couple_dense(node, ctx, node.inputs[1], 0, 1)

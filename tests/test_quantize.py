@@ -1,0 +1,117 @@
+"""``--quantize int8``: onnxruntime's quantize_static after pruning and recovery."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from helpers import random_inputs, run
+from onnx import numpy_helper
+from test_cli import assert_bad_input, cli
+
+from onnx_hwprune.api import prune
+from onnx_hwprune.frontends.onnx import load_graph, verify_model
+from onnx_hwprune.passes.analysis.channel_groups import analyze_channel_groups
+from onnx_hwprune.runtime.quantize import quantize_int8
+from onnx_hwprune.testing.families import FAMILIES
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _int8_weights(model: onnx.ModelProto) -> int:
+    return sum(
+        numpy_helper.to_array(t).dtype == np.int8 and len(t.dims) == 4
+        for t in model.graph.initializer
+    )
+
+
+def test_quantize_int8_is_deterministic_qdq_and_close_to_float():
+    model = FAMILIES["resnet_basic"]()
+    batches = [random_inputs(model, batch=1, seed=s) for s in range(8)]
+    a, b = (quantize_int8(model, lambda: iter(batches)) for _ in range(2))
+    assert a.SerializeToString() == b.SerializeToString()
+    verify_model(a)
+    ops = {n.op_type for n in a.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    convs = sum(n.op_type == "Conv" for n in model.graph.node)
+    assert _int8_weights(a) == convs  # every conv weight is int8
+    dims = {t.name: list(t.dims) for t in a.graph.initializer}
+    per_channel = [
+        n
+        for n in a.graph.node
+        if n.op_type == "DequantizeLinear" and len(dims.get(n.input[0], [])) == 4
+    ]
+    assert len(per_channel) == convs
+    assert all(dims[n.input[1]] == dims[n.input[0]][:1] for n in per_channel)  # one per filter
+    feeds = random_inputs(model, batch=2, seed=11)
+    ref, got = run(model, feeds)[0], run(a, feeds)[0]
+    assert np.corrcoef(ref.ravel(), got.ravel())[0, 1] > 0.95
+    # The quantized model prunes like the float one (QDQ handlers).
+    assert len(analyze_channel_groups(load_graph(a)).prunable) == len(
+        analyze_channel_groups(load_graph(model)).prunable
+    )
+
+
+def test_prune_then_quantize_digits_reports_accuracy():
+    result = prune(
+        EXAMPLES / "digits_resnet.onnx",
+        ratio=0.3,
+        calib=str(EXAMPLES / "digits_calib.npz"),
+        calib_limit=128,
+        recover="lsq",
+        quantize="int8",
+        eval_data=str(EXAMPLES / "digits_test.npz"),
+    )
+    assert result.report["quantize"]["format"] == "QDQ"
+    assert result.report["options"]["quantize"] == "int8"
+    acc = result.report["accuracy"]
+    before, after = acc["top1"]
+    assert acc["top1_pruned_float"] is not None
+    assert after >= before - 0.03, acc  # int8 of a recovered 30%-pruned ResNet
+    assert _int8_weights(result.model) > 0
+
+
+def test_quantize_without_calibration_is_refused(tmp_path):
+    path, out = tmp_path / "m.onnx", tmp_path / "out.onnx"
+    onnx.save(FAMILIES["vgg"](), path)
+    assert_bad_input(cli(str(path), str(out), "--ratio", "0.3", "--quantize", "int8"), "--calib")
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_quantize_int8_plans_against_int8_staircases(tmp_path):
+    """With --quantize int8 the latency planner's layers are int8 signatures: the profile
+    database holds int8 measurements afterwards, and no float32 ones."""
+    db = tmp_path / "profiles.sqlite"
+    result = prune(
+        EXAMPLES / "digits_resnet.onnx",
+        calib=str(EXAMPLES / "digits_calib.npz"),
+        calib_limit=64,
+        quantize="int8",
+        threads=1,
+        profile_db=str(db),
+        measure=False,
+    )
+    assert result.report["latency"]["predicted"]
+    with sqlite3.connect(db) as conn:
+        signatures = [json.loads(s) for (s,) in conn.execute("SELECT signature FROM measurements")]
+    dtypes = {s["dtype"] for s in signatures}
+    assert dtypes == {"int8"}, dtypes
+
+
+def test_cli_prunes_a_qoperator_model_by_ratio_and_explains_latency(tmp_path):
+    from test_quant_families import _quantize
+
+    path, out = tmp_path / "q.onnx", tmp_path / "out.onnx"
+    onnx.save(_quantize(FAMILIES["resnet_basic"](), "QOperator", tmp_path), path)
+    proc = cli(str(path), str(out), "--ratio", "0.3", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert {n.op_type for n in onnx.load(out).graph.node} >= {"QLinearConv", "QGemm"}
+    out.unlink()
+    proc = cli(str(path), str(out), "--threads", "1", "--no-measure")
+    assert_bad_input(proc, "integer operators")
+    assert not out.exists()

@@ -1,0 +1,70 @@
+"""A float and an int8 staircase of the same layer, measured side by side on ``cpu``.
+
+The layer: 3x3 conv, stride 1, pad 1, on 28x28, with bias and Relu (a ResNet stage-2
+conv at 112x112 input scaled down). The float points run onnxruntime's float kernel
+(NCHWc FusedConv); the int8 points are the QDQ micro-benchmarks of
+``runtime/qdq_layer.py``, which onnxruntime fuses into QLinearConv (NHWC, int8). All
+points of both dtypes are timed in one interleaved run (shared protocol, median of
+rounds), so load changes hit both alike.
+
+Usage: python tools/bench_int8_staircase.py [--in-ch 64] [--out 33:97] [--threads 1]
+Prints a markdown table (ms) and the ratio int8/float per point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from onnx_hwprune.cost_models.signature import LayerSignature
+from onnx_hwprune.runtime.microbench import build_layer_model
+from onnx_hwprune.runtime.targets import get_target
+from onnx_hwprune.runtime.timing import TimingConfig, measure
+
+
+def _sig(dtype: str, hw: int) -> LayerSignature:
+    return LayerSignature(
+        op="Conv",
+        kernel=(3, 3),
+        strides=(1, 1),
+        pads=(1, 1, 1, 1),
+        dilations=(1, 1),
+        input_hw=(hw, hw),
+        dtype=dtype,
+        bias=True,
+        activation="Relu",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--in-ch", type=int, default=64)
+    parser.add_argument("--out", default="33:97", help="out-channel range lo:hi (hi excluded)")
+    parser.add_argument("--step", type=int, default=4)
+    parser.add_argument("--hw", type=int, default=28)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    lo, hi = (int(v) for v in args.out.split(":"))
+    backend = get_target("cpu").make_backend(threads=args.threads)
+    outs = list(range(lo, hi, args.step))
+    runnables = {
+        (dtype, c): backend.prepare(build_layer_model(_sig(dtype, args.hw), args.in_ch, c))
+        for c in outs
+        for dtype in ("float32", "int8")
+    }
+    try:
+        timings = measure({k: r.sample for k, r in runnables.items()}, TimingConfig(rounds=7))
+    finally:
+        for r in runnables.values():
+            r.close()
+    print(f"in={args.in_ch}, 3x3 conv + bias + Relu at {args.hw}x{args.hw}, cpu, "
+          f"{args.threads} thread(s), median ms")  # fmt: skip
+    print("| out | float32 ms | int8 ms | int8/float |\n|---|---|---|---|")
+    for c in outs:
+        f, q = timings[("float32", c)].median_ms, timings[("int8", c)].median_ms
+        print(f"| {c} | {f:.4f} | {q:.4f} | {q / f:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
