@@ -93,8 +93,9 @@ def prune(
     planned = _plan(opts, mod, source, factory, ctx)
     pruned_mod = RemoveChannels()(planned, ctx)
     out = export_model(pruned_mod.graph)
-    if opts.recover:
-        out = _data.recover_model(opts, source, out, mod.groups, planned.plan, factory)
+    recovery = None
+    if opts.resolved_recover():
+        out, recovery = _data.recover_model(opts, source, out, mod.groups, planned.plan, factory)
     verify_model(out)
     report = build_report(
         mod.groups,
@@ -104,6 +105,8 @@ def prune(
         opts.to_json(),
     )
     _add_sections(report, opts, cost, backend, mod, planned.plan, source, out)
+    if recovery is not None:
+        report["recovery"] = recovery
     return PruneResult(out, planned.plan, report)
 
 

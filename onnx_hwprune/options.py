@@ -40,8 +40,11 @@ class PruneOptions:
     preprocess: str | None = None
     calib_limit: int | None = None
     calib_batch: int = 64
-    recover: str | None = None
+    recover: str | None = None  # None: "auto" when calib is given (resolved_recover)
     ridge: float = 1e-3
+    recover_steps: int = 300  # distill: Adam steps at most
+    recover_time: float | None = None  # distill: seconds at most
+    max_accuracy_drop: float | None = None  # auto: largest agreement loss accepted (0.01)
     eval_data: str | os.PathLike | None = None
     input_shapes: Mapping[str, Sequence[int]] | None = field(default=None)
 
@@ -66,6 +69,13 @@ class PruneOptions:
     def effective_budget(self) -> LatencyBudget:
         return self.latency_budget or DEFAULT_BUDGET
 
+    def resolved_recover(self) -> str | None:
+        """The recovery method to run: ``auto`` by default when there is calibration data,
+        nothing for ``none``."""
+        if self.recover == "none":
+            return None
+        return self.recover or ("auto" if self.calib is not None else None)
+
     def needs_cost_model(self) -> bool:
         return self.resolved_method() == "latency" or self.snap
 
@@ -79,7 +89,7 @@ class PruneOptions:
             )
         if self.latency_budget is not None and method in ("uniform", "global"):
             raise UserError(f"--latency-budget needs --method latency, not {method}")
-        if self.recover is not None and self.calib is None:
+        if self.recover not in (None, "none") and self.calib is None:
             raise UserError(f"--recover {self.recover} needs calibration data (--calib)")
 
     def to_json(self) -> dict:
@@ -91,5 +101,5 @@ class PruneOptions:
             "snap": self.snap,
             "target": self.target,
             "latency_budget": str(self.effective_budget) if self.needs_cost_model() else None,
-            "recover": self.recover,
+            "recover": self.resolved_recover(),
         }
