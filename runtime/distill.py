@@ -120,7 +120,7 @@ def distill(
     *,
     steps: int = 300,
     time_limit: float | None = None,
-    lr: float = 1e-4,
+    lr: float = 1e-3,
     seed: int = 0,
     augment: bool = True,
     features: Mapping[str, np.ndarray] | None = None,
