@@ -15,6 +15,7 @@ __all__ = ["PruneOptions", "DEFAULT_BUDGET", "DEFAULT_RATIO", "DEFAULT_TARGET"]
 DEFAULT_TARGET = "cpu"
 DEFAULT_BUDGET = LatencyBudget(fraction=0.7)  # 30% faster: a step most CNNs take easily
 DEFAULT_RATIO = 0.3
+RECOVER_CHOICES = ("auto", "bias", "lsq", "distill", "none")
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,10 @@ class PruneOptions:
             )
         if self.latency_budget is not None and method in ("uniform", "global"):
             raise UserError(f"--latency-budget needs --method latency, not {method}")
+        if self.recover not in (None, *RECOVER_CHOICES):
+            raise UserError(f"unknown --recover {self.recover!r}; choose from {RECOVER_CHOICES}")
+        if self.max_accuracy_drop is not None and not 0.0 <= self.max_accuracy_drop < 1.0:
+            raise UserError(f"--max-accuracy-drop must be in [0, 1), got {self.max_accuracy_drop}")
         if self.recover not in (None, "none") and self.calib is None:
             raise UserError(f"--recover {self.recover} needs calibration data (--calib)")
 

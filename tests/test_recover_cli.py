@@ -47,3 +47,17 @@ def test_calibration_data_turns_auto_recovery_on(tmp_path):
                 "--recover", "none", "--report", str(tmp_path / "n.json"))  # fmt: skip
     assert none.returncode == 0, none.stderr
     assert "recovery" not in json.loads((tmp_path / "n.json").read_text())
+
+
+def test_recovery_options_are_checked():
+    import pytest
+
+    from onnx_hwprune.errors import UserError
+    from onnx_hwprune.options import PruneOptions
+
+    assert PruneOptions(calib="c.npz").resolved_recover() == "auto"
+    assert PruneOptions(calib="c.npz", recover="none").resolved_recover() is None
+    assert PruneOptions().resolved_recover() is None
+    for bad in ({"recover": "magic", "calib": "c.npz"}, {"max_accuracy_drop": 1.5}):
+        with pytest.raises(UserError):
+            PruneOptions(**bad).validate()
