@@ -85,12 +85,15 @@ class DistillResult:
 
 
 def distill_targets(model: onnx.ModelProto) -> list[str]:
-    """Tensors to match: each graph output, or the input of a Softmax that produces it."""
+    """Tensors to match: each graph output, or the input of the Softmax that produces it
+    (through Reshape/Flatten/Identity, as exporters wrap it)."""
     producer = {o: n for n in model.graph.node for o in n.output}
     out = []
     for value in model.graph.output:
-        node = producer.get(value.name)
-        out.append(node.input[0] if node is not None and node.op_type == "Softmax" else value.name)
+        name, node = value.name, producer.get(value.name)
+        while node is not None and node.op_type in ("Reshape", "Flatten", "Identity"):
+            node = producer.get(node.input[0])
+        out.append(node.input[0] if node is not None and node.op_type == "Softmax" else name)
     return list(dict.fromkeys(out))
 
 
@@ -154,15 +157,28 @@ def distill(
     student_model = with_extra_outputs(pruned, names)
     result = DistillResult()
     with _torch_state(torch, seed, threads):
-        module = OnnxModule(student_model, fold_bn=False)
+        first = dict(next(iter(factory())))
+        module = OnnxModule(fold_static_shapes(student_model, first), fold_bn=False)
+        shape = {k: v.shape for k, v in first.items()}
         params = _trainable(module, trainable_initializers(pruned))
         optimizer = torch.optim.Adam([p for _, p in params], lr=lr)
-        _train(torch, module, teacher, names, features, factory, optimizer, steps, time_limit,
+        batches = _same_shape(factory, shape)
+        _train(torch, module, teacher, names, features, batches, optimizer, steps, time_limit,
                np.random.default_rng(seed), augment, result, progress)  # fmt: skip
         trained = {name: p.detach().cpu().numpy() for name, p in params}
         out = _write_back(pruned, trained)
         result.write_back_error = _check_write_back(torch, module, out, factory)
     return out, result
+
+
+def _same_shape(factory: BatchFactory, shape: Mapping[str, tuple]) -> BatchFactory:
+    """Only the batches shaped like the first (a graph with folded shapes needs that; a
+    short last batch is dropped)."""
+
+    def batches() -> Iterable[Mapping[str, np.ndarray]]:
+        return (b for b in factory() if all(b[k].shape == s for k, s in shape.items()))
+
+    return batches
 
 
 class _torch_state:
@@ -185,6 +201,63 @@ class _torch_state:
         self.torch.set_num_threads(threads)
         self.torch.use_deterministic_algorithms(deterministic)
         self.rng.__exit__(*exc)
+
+
+_FOLDABLE = {"Shape", "Cast", "Gather", "Slice", "Concat", "Unsqueeze", "Squeeze",
+             "Mul", "Add", "Sub", "Div", "Reshape", "Range", "ConstantOfShape"}  # fmt: skip
+
+
+def fold_static_shapes(model: onnx.ModelProto, batch: Mapping[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy where every ``Shape`` node, and every shape computation on constants after
+    it, becomes an initializer (the converter wants constant shapes), with the sizes the
+    tensors have on ``batch``: the result only runs on inputs of that shape.
+
+    Exported graphs often keep ``Shape -> Slice -> Concat -> Reshape`` chains even when
+    every size is known; onnxruntime gives the sizes, onnx's reference evaluator the rest.
+    """
+    from onnx.reference import ReferenceEvaluator
+
+    probed = [n.input[0] for n in model.graph.node if n.op_type == "Shape"]
+    if not probed:
+        return model
+    session = make_session(with_extra_outputs(model, probed))
+    values = session.run(probed, dict(batch))
+    shapes = {name: list(v.shape) for name, v in zip(probed, values, strict=True)}
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    consts = {t.name for t in out.graph.initializer}
+    keep = []
+    for node in out.graph.node:
+        value = _fold_node(node, consts, shapes, out, ReferenceEvaluator)
+        if value is None:
+            keep.append(node)
+            continue
+        out.graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
+        consts.add(node.output[0])
+    del out.graph.node[:]
+    out.graph.node.extend(keep)
+    return out
+
+
+def _fold_node(node, consts, shapes, model, evaluator) -> np.ndarray | None:
+    if node.op_type == "Shape" and node.input[0] in shapes and len(node.attribute) == 0:
+        return np.array(shapes[node.input[0]], dtype=np.int64)
+    if node.op_type not in _FOLDABLE or len(node.output) != 1:
+        return None
+    if not all(i in consts for i in node.input if i):
+        return None
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    if any(inits[i].dtype.kind == "f" and inits[i].size > 64 for i in node.input if i):
+        return None  # arithmetic on weights is the graph's business, not a shape
+    single = onnx.helper.make_graph(
+        [node], "fold",
+        [onnx.helper.make_tensor_value_info(i, inits[i].dtype.num, None) for i in []],
+        [onnx.helper.make_tensor_value_info(node.output[0], 0, None)],
+        [numpy_helper.from_array(inits[i], i) for i in dict.fromkeys(node.input) if i],
+    )  # fmt: skip
+    opset = [o for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    (value,) = evaluator(onnx.helper.make_model(single, opset_imports=opset)).run(None, {})
+    return np.asarray(value)
 
 
 def _trainable(module: Any, names: Sequence[str]) -> list[tuple[str, Any]]:
@@ -286,7 +359,7 @@ def _check_write_back(torch, module, model: onnx.ModelProto, factory: BatchFacto
     """Largest output difference, relative to the output scale, between the trained module
     and the written-back model on the first calibration batch; raises above 1e-4."""
     batch = dict(next(iter(factory())))
-    names = [o.name for o in model.graph.output]
+    names = [o.name for o in model.graph.output if o.name in module.output_names]
     got = make_session(model).run(names, batch)
     with torch.no_grad():
         inputs = [torch.from_numpy(np.ascontiguousarray(batch[n])) for n in module.input_names]

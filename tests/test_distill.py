@@ -122,3 +122,36 @@ def test_split_factory_holds_back_every_fifth_sample():
     fit_ids = np.concatenate([b["x"][:, 0] for b in fit()])
     assert held_ids.tolist() == [0, 5, 10, 15, 20]
     assert sorted(fit_ids.tolist() + held_ids.tolist()) == list(range(23))
+
+
+def test_exported_softmax_wrappers_and_shape_chains_are_handled():
+    """Paddle-style head: Shape(logits) -> Flatten -> Softmax -> Reshape(shape). The logits
+    are matched, and the Shape chain is folded so the converter can run the graph."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnx_hwprune.runtime.distill import distill_targets, fold_static_shapes
+
+    mk = helper.make_node
+    nodes = [
+        mk("Gemm", ["x", "w"], ["logits"], transB=1),
+        mk("Shape", ["logits"], ["shape"]),
+        mk("Flatten", ["logits"], ["flat"]),
+        mk("Softmax", ["flat"], ["prob"]),
+        mk("Reshape", ["prob", "shape"], ["y"]),
+    ]
+    w = numpy_helper.from_array(
+        np.random.default_rng(0).standard_normal((3, 5)).astype(np.float32), "w"
+    )
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    assert distill_targets(model) == ["flat"]
+    x = np.random.default_rng(1).standard_normal((4, 5)).astype(np.float32)
+    folded = fold_static_shapes(model, {"x": x})
+    assert "Shape" not in [n.op_type for n in folded.graph.node]
+    with torch.no_grad():
+        (got,) = OnnxModule(folded, fold_bn=False)(torch.from_numpy(x))
+    np.testing.assert_allclose(got.numpy(), run(model, {"x": x})[0], atol=1e-6)

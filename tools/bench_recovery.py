@@ -77,7 +77,8 @@ def _ratio_for_macs(graph, groups, scores, keep: float) -> float:
     return hi
 
 
-def _run_methods(graph, source, groups, plan, factory, test, steps, time_limit) -> list[dict]:
+def _run_methods(graph, source, groups, plan, factory, test, args) -> list[dict]:
+    """none, then ``args.methods``; distill starts from the lsq model when lsq ran."""
     pruned = export_model(remove_channels(graph, groups, plan))
     n_calib = sum(len(next(iter(b.values()))) for b in factory())
     rows = [
@@ -85,16 +86,20 @@ def _run_methods(graph, source, groups, plan, factory, test, steps, time_limit) 
         {"method": "none", "top1": evaluate(pruned, test, BATCH).top1, "seconds": 0, "samples": 0},
     ]
     models = {}
-    for method in ("bias", "lsq"):
+    for method in [m for m in ("bias", "lsq") if m in args.methods]:
         t0 = time.monotonic()
         models[method] = recover(source, pruned, groups, plan, factory, method=method)
         rows.append({"method": method, "top1": evaluate(models[method], test, BATCH).top1,
                      "seconds": round(time.monotonic() - t0, 1), "samples": n_calib})  # fmt: skip
         print(rows[-1], flush=True)
-    t0 = time.monotonic()
-    model, info = distill(source, models["lsq"], factory, steps=steps, time_limit=time_limit)
-    rows.append({"method": "distill (after lsq)", "top1": evaluate(model, test, BATCH).top1,
-                 "seconds": round(time.monotonic() - t0 + rows[-1]["seconds"], 1),
+    if "distill" not in args.methods:
+        return rows
+    t0, start = time.monotonic(), models.get("lsq", pruned)
+    model, info = distill(source, start, factory, steps=args.steps, time_limit=args.time)
+    name = "distill (after lsq)" if "lsq" in models else "distill (from none)"
+    before = rows[-1]["seconds"] if "lsq" in models else 0
+    rows.append({"method": name, "top1": evaluate(model, test, BATCH).top1,
+                 "seconds": round(time.monotonic() - t0 + before, 1),
                  "samples": info.samples, "steps": info.steps})  # fmt: skip
     print(rows[-1], flush=True)
     return rows
@@ -109,7 +114,7 @@ def digits(args) -> dict:
     factory = calib_factory(str(REPO / "examples" / "digits_calib.npz"), source, batch_size=BATCH)
     macs = model_stats(remove_channels(graph, groups, plan)).macs / model_stats(graph).macs
     test = str(REPO / "examples" / "digits_test.npz")
-    rows = _run_methods(graph, source, groups, plan, factory, test, args.steps, args.time)
+    rows = _run_methods(graph, source, groups, plan, factory, test, args)
     return {"case": "digits", "ratio": ratio, "macs_kept": round(macs, 3), "rows": rows}
 
 
@@ -166,7 +171,7 @@ def cls(args) -> dict:
         macs = model_stats(remove_channels(graph, groups, plan)).macs / model_stats(graph).macs
         factory = calib_factory({"x": calib_x}, source, batch_size=BATCH)
         print(f"cls: keep {keep} -> ratio {ratio:.3f}, MACs kept {macs:.3f}", flush=True)
-        rows = _run_methods(graph, source, groups, plan, factory, test, args.steps, args.time)
+        rows = _run_methods(graph, source, groups, plan, factory, test, args)
         out["cuts"].append({"macs_kept": round(macs, 3), "ratio": ratio, "rows": rows})
     return out
 
@@ -180,6 +185,7 @@ def main() -> int:
     parser.add_argument("--test", type=int, default=384, help="cls: rendered test lines")
     parser.add_argument("--steps", type=int, default=300, help="distill steps")
     parser.add_argument("--time", type=float, default=None, help="distill seconds at most")
+    parser.add_argument("--methods", nargs="+", default=["bias", "lsq", "distill"])
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
     result = digits(args) if args.case == "digits" else cls(args)
