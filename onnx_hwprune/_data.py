@@ -22,6 +22,10 @@ def calibration(opts: PruneOptions, source: onnx.ModelProto):
         if opts.criterion in DATA_CRITERIA:
             raise UserError(f"--criterion {opts.criterion} needs calibration data (--calib)")
         return None
+    if opts.resolved_recover() == "distill":  # fail before any work, not after planning
+        from onnx_hwprune.runtime.distill import require_torch
+
+        require_torch()
     from onnx_hwprune.frontends.calib import calib_factory
 
     return calib_factory(opts.calib, source, opts.calib_batch, opts.preprocess, opts.calib_limit)
@@ -41,10 +45,11 @@ def recover_model(
     groups: ChannelGroups,
     plan: Plan,
     factory,
-) -> onnx.ModelProto:
-    from onnx_hwprune.runtime.recovery import recover
+) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """The recovered model and what recovery did (``runtime/recover_methods.py``)."""
+    from onnx_hwprune.runtime.recover_methods import run_recovery
 
-    return recover(source, pruned, groups, plan, factory, method=opts.recover, ridge=opts.ridge)
+    return run_recovery(opts, source, pruned, groups, plan, factory)
 
 
 def quantize_model(opts: PruneOptions, model: onnx.ModelProto, factory) -> onnx.ModelProto:

@@ -88,8 +88,9 @@ def prune(
     planned = _plan(opts, mod, factory, ctx)
     pruned_mod = RemoveChannels()(planned, ctx)
     out = export_model(pruned_mod.graph)
-    if opts.recover:
-        out = _data.recover_model(opts, source, out, mod.groups, planned.plan, factory)
+    recovery = None
+    if opts.resolved_recover():
+        out, recovery = _data.recover_model(opts, source, out, mod.groups, planned.plan, factory)
     pruned_float = None
     if opts.quantize:
         pruned_float, out = out, _data.quantize_model(opts, out, factory)
@@ -104,6 +105,8 @@ def prune(
     _add_sections(report, opts, cost, backend, mod, planned.plan, source, out)
     if pruned_float is not None:
         _add_quantize_section(report, opts, source, pruned_float, out)
+    if recovery is not None:
+        report["recovery"] = recovery
     return PruneResult(out, planned.plan, report)
 
 

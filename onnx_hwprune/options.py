@@ -22,6 +22,7 @@ DEFAULT_BUDGET = LatencyBudget(fraction=0.7)  # 30% faster: a step most CNNs tak
 DEFAULT_RATIO = 0.3
 # How --method latency plans: the exact program (default) or the greedy (also its fallback).
 LATENCY_PLANNERS = ("exact", "greedy")
+RECOVER_CHOICES = ("auto", "bias", "lsq", "distill", "none")
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,11 @@ class PruneOptions:
     preprocess: str | None = None
     calib_limit: int | None = None
     calib_batch: int = 64
-    recover: str | None = None
+    recover: str | None = None  # None: "auto" when calib is given (resolved_recover)
     ridge: float = 1e-3
+    recover_steps: int = 300  # distill: Adam steps at most
+    recover_time: float | None = None  # distill: seconds at most
+    max_accuracy_drop: float | None = None  # auto: largest agreement loss accepted (0.01)
     eval_data: str | os.PathLike | None = None
     quantize: str | None = None  # "int8": onnxruntime's quantize_static after recovery
     input_shapes: Mapping[str, Sequence[int]] | None = field(default=None)
@@ -85,6 +89,13 @@ class PruneOptions:
             raise UserError(f"unknown method {method!r}; choose from {choosable_methods()}")
         return METHODS[method]
 
+    def resolved_recover(self) -> str | None:
+        """The recovery method to run: ``auto`` by default when there is calibration data,
+        nothing for ``none``."""
+        if self.recover == "none":
+            return None
+        return self.recover or ("auto" if self.calib is not None else None)
+
     def needs_cost_model(self) -> bool:
         return self.method_record().needs_cost_model or self.snap
 
@@ -102,7 +113,11 @@ class PruneOptions:
             raise UserError(f"--planner must be one of {', '.join(LATENCY_PLANNERS)}")
         if self.memory_budget is not None and (method != "latency" or self.planner != "exact"):
             raise UserError("--memory-budget needs --method latency with --planner exact")
-        if self.recover is not None and self.calib is None:
+        if self.recover not in (None, *RECOVER_CHOICES):
+            raise UserError(f"unknown --recover {self.recover!r}; choose from {RECOVER_CHOICES}")
+        if self.max_accuracy_drop is not None and not 0.0 <= self.max_accuracy_drop < 1.0:
+            raise UserError(f"--max-accuracy-drop must be in [0, 1), got {self.max_accuracy_drop}")
+        if self.recover not in (None, "none") and self.calib is None:
             raise UserError(f"--recover {self.recover} needs calibration data (--calib)")
         if self.quantize is not None and self.calib is None:
             raise UserError(f"--quantize {self.quantize} needs calibration data (--calib)")
@@ -116,7 +131,7 @@ class PruneOptions:
             "snap": self.snap,
             "target": self.target,
             "latency_budget": str(self.effective_budget) if self.needs_cost_model() else None,
-            "recover": self.recover,
+            "recover": self.resolved_recover(),
             "planner": self.planner if self.resolved_method() == "latency" else None,
             "memory_budget": str(self.memory_budget) if self.memory_budget else None,
             "quantize": self.quantize,

@@ -132,8 +132,13 @@ def _spatial_pads(pads: list[int], nd: int) -> tuple[list[int] | None, list[int]
     return None, flat
 
 
+def _auto_pad(n: NodeInfo) -> str:
+    value = n.attrs.get("auto_pad", b"NOTSET")
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _conv_geometry(n: NodeInfo, nd: int) -> tuple[list[int], list[int], list[int], int]:
-    if n.attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID", "NOTSET", "VALID"):
+    if _auto_pad(n) not in ("NOTSET", "VALID"):
         raise NotImplementedError(f"auto_pad={n.attrs['auto_pad']!r}")
     strides = list(n.attrs.get("strides", [1] * nd))
     dilations = list(n.attrs.get("dilations", [1] * nd))
@@ -148,6 +153,8 @@ _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 @_op("Conv")
 def _conv(n: NodeInfo) -> Fn:
     nd = len(_need(n.const(1), "Conv weight").shape) - 2
+    if _auto_pad(n).startswith("SAME"):
+        return _same_conv(n, nd)
     strides, dilations, pads, group = _conv_geometry(n, nd)
     sym, flat = _spatial_pads(pads, nd)
     conv = _CONV[nd]
@@ -156,6 +163,24 @@ def _conv(n: NodeInfo) -> Fn:
         if flat:
             x = F.pad(x, flat)
         return [conv(x, w, b, strides, sym or 0, dilations, group)]
+
+    return run
+
+
+def _same_conv(n: NodeInfo, nd: int) -> Fn:
+    """auto_pad SAME_*: the pads depend on the input size, so they are resolved per call."""
+    from onnx_hwprune.passes.transform._pads import explicit_pads
+
+    kernel = tuple(n.const(1).shape[2:])
+    strides = list(n.attrs.get("strides", [1] * nd))
+    dilations = list(n.attrs.get("dilations", [1] * nd))
+    group, mode, conv = int(n.attrs.get("group", 1)), _auto_pad(n), _CONV[nd]
+
+    def run(x, w, b=None):
+        pads = explicit_pads(mode, tuple(x.shape[2:]), kernel, tuple(strides), tuple(dilations))
+        _, flat = _spatial_pads(list(pads), nd)
+        x = F.pad(x, flat) if flat else F.pad(x, [p for p in reversed(pads[:nd]) for _ in (0, 1)])
+        return [conv(x, w, b, strides, 0, dilations, group)]
 
     return run
 

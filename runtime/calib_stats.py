@@ -163,6 +163,7 @@ def accumulate_normal_equations(
     batches: Batches,
     max_rows: int = 4096,
     seed: int = 0,
+    equations: NormalEquations | None = None,
 ) -> NormalEquations:
     """Normal equations of one consumer: pruned input rows -> original kept output rows.
 
@@ -170,10 +171,12 @@ def accumulate_normal_equations(
         tensors: ``(input tensor, output tensor)`` names of the layer (same in both models).
         max_rows: rows kept per batch; more are subsampled uniformly without replacement
             by a generator seeded with ``seed`` (so the result is deterministic).
+        equations: where to accumulate (anything with ``add(a, t)``, e.g. the per-group
+            ``BlockEquations``); a plain one over the kept columns by default.
     """
     x_name, y_name = tensors
     rng = np.random.default_rng(seed)
-    eq = NormalEquations(len(layer.kept_columns()), len(layer.out_keep))
+    eq = equations or NormalEquations(len(layer.kept_columns()), len(layer.out_keep))
     pairs = _paired(_Runner(original, [y_name]), _Runner(pruned, [x_name]), batches)
     for orig, prun in pairs:
         x = prun[x_name]

@@ -16,7 +16,8 @@ passed as a *factory*: a callable returning a fresh iterable of batches each tim
 Recovery methods (:data:`RECOVERY_METHODS`):
 
 - ``lsq``: every consumer layer of a pruned group (a Conv/Gemm/MatMul that lost input
-  channels) is refitted, in topological order, by ridge least squares from the pruned
+  channels, or a grouped/depthwise conv that lost channels; group by group) is
+  refitted, in topological order, by ridge least squares from the pruned
   model's input to the original model's output (``passes/transform/recover.py``); the
   intercept of the fit is the bias compensation. One pass over the data per consumer, so
   later layers also correct the errors left by earlier ones.
@@ -44,12 +45,15 @@ from onnx_hwprune.passes._infra import Module, PassContext
 from onnx_hwprune.passes.analysis.data_importance import DataImportance
 from onnx_hwprune.passes.analysis.groups import ChannelGroups
 from onnx_hwprune.passes.plan.plan import Plan
+from onnx_hwprune.passes.transform._refit_grouped import (
+    BlockEquations,
+    grouped_compensated_bias,
+    solve_blocks,
+)
 from onnx_hwprune.passes.transform.recover import (
     LinearLayer,
-    compensated_bias,
     layer_is_refittable,
     refreshed_batchnorm,
-    solve_lsq,
 )
 from onnx_hwprune.passes.transform.remove_channels import kept_positions
 from onnx_hwprune.runtime.calib_stats import (
@@ -147,7 +151,7 @@ def _compensate(
     wanted = {c.node: (c.layer, c.input) for c in consumers}
     means = patch_column_means(source, wanted, factory())
     for c in consumers:
-        _write_bias(out, c, compensated_bias(c.layer, means[c.node]))
+        _write_bias(out, c, grouped_compensated_bias(c.layer, means[c.node]))
 
 
 def _refit(
@@ -160,10 +164,10 @@ def _refit(
     seed: int,
 ) -> None:
     eq = accumulate_normal_equations(
-        source, out, c.layer, (c.input, c.output), factory(), max_rows, seed
-    )
-    w0 = c.layer.flat_weight()[c.layer.out_keep][:, c.layer.kept_columns()]
-    weight, bias = solve_lsq(eq, w0, c.layer.bias[c.layer.out_keep].astype(np.float64), ridge)
+        source, out, c.layer, (c.input, c.output), factory(), max_rows, seed,
+        BlockEquations(c.layer),
+    )  # fmt: skip
+    weight, bias = solve_blocks(eq, c.layer, ridge)
     _write_weight(out, c, weight)
     _write_bias(out, c, bias)
 
@@ -250,47 +254,56 @@ def _layer_of(model: onnx.ModelProto, node: onnx.NodeProto, kept: Mapping) -> Li
     weight_name = node.input[1]
     w = _initializer(model, weight_name)
     conv = node.op_type == "Conv"
-    if (conv and _attribute(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")) or (
-        node.op_type == "Gemm" and _attribute(node, "transA", 0)
-    ):
-        logger.warning("%s: auto_pad/transA not supported by recovery, skipped", node.name)
+    if node.op_type == "Gemm" and _attribute(node, "transA", 0):
+        logger.warning("%s: transA not supported by recovery, skipped", node.name)
         return None
     weight = w if conv else _dense_weight(node, w)
     in_axis = _in_axis(node)
     out_keep = kept.get((weight_name, 1 - in_axis))
+    group = int(_attribute(node, "group", 1))
+    in_keep = kept.get((weight_name, in_axis))
+    if group > 1:  # full input channels (see _refit_grouped.py)
+        in_keep = kept.get((node.input[0], 1), np.arange(w.shape[1] * group))
+    auto_pad = _attribute(node, "auto_pad", b"NOTSET")
     spatial = w.ndim - 2
     return LinearLayer(
         node.op_type,
         weight,
         _bias_of(model, node, weight.shape[0]),
-        kept[(weight_name, in_axis)],
+        in_keep,
         np.arange(weight.shape[0]) if out_keep is None else out_keep,
         tuple(_attribute(node, "pads", [0] * 2 * spatial)) if conv else (),
         tuple(_attribute(node, "strides", [1] * spatial)) if conv else (),
         tuple(_attribute(node, "dilations", [1] * spatial)) if conv else (),
-        int(_attribute(node, "group", 1)),
+        group,
+        auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad,
     )
 
 
 def _consumer_layers(model: onnx.ModelProto, kept: Mapping) -> list[Consumer]:
-    """Conv/Gemm/MatMul nodes with a constant weight whose input axis lost channels.
-
-    Grouped convs are left out (logged): a depthwise conv loses its output channel with
-    its input channel, so there is nothing to repair; other grouped convs are not handled.
-    """
+    """Conv/Gemm/MatMul nodes with a constant weight whose input axis lost channels, and
+    grouped/depthwise convs that lost whole channels: refitted on the pruned input they
+    now see, so the errors of earlier layers do not accumulate."""
     weights = {t.name for t in model.graph.initializer}
     out = []
     for node in model.graph.node:
         if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
             continue
-        if node.input[1] not in weights or (node.input[1], _in_axis(node)) not in kept:
+        if node.input[1] not in weights or not _loses_channels(node, kept):
             continue
         layer = _layer_of(model, node, kept)
         if layer is not None and not layer_is_refittable(layer):
-            logger.warning("%s: grouped conv, left as pruned (no recovery)", node.name)
+            logger.warning("%s: not a 2-D conv, left as pruned (no recovery)", node.name)
         elif layer is not None:
             out.append(Consumer(node.name, node.input[0], node.output[0], node.input[1], layer))
     return out
+
+
+def _loses_channels(node: onnx.NodeProto, kept: Mapping) -> bool:
+    """Input channels cut, or (grouped conv) whole groups cut with their outputs."""
+    if (node.input[1], _in_axis(node)) in kept:
+        return True
+    return int(_attribute(node, "group", 1)) > 1 and (node.input[1], 0) in kept
 
 
 def _node(model: onnx.ModelProto, c: Consumer) -> onnx.NodeProto:
@@ -302,7 +315,7 @@ def _write_weight(model: onnx.ModelProto, c: Consumer, dense: np.ndarray) -> Non
     """Write a refitted ``[out_kept, kept columns]`` weight in the node's own layout."""
     node = _node(model, c)
     if c.layer.is_conv:
-        shape = (len(c.layer.out_keep), len(c.layer.in_keep), *c.layer.weight.shape[2:])
+        shape = (len(c.layer.out_keep), -1, *c.layer.weight.shape[2:])
         value = dense.reshape(shape)
     elif node.op_type == "MatMul":
         value = dense.T

@@ -133,9 +133,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     data.add_argument(
         "--recover",
-        choices=sorted(RECOVERY_METHODS),
-        help="repair layers after pruning on --calib data: lsq refit + bias, or bias only",
+        choices=sorted([*RECOVERY_METHODS, "distill", "auto", "none"]),
+        help="repair the pruned model on --calib data: bias, lsq (layer refit), distill "
+        "(lsq, then training to match the original; needs torch), auto (default with "
+        "--calib: the cheapest meeting --max-accuracy-drop), none",
     )
+    data.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        metavar="F",
+        help="--recover auto: largest loss of agreement with the original accepted (0.01)",
+    )
+    data.add_argument(
+        "--recover-steps", type=_positive_int, default=300, metavar="N",
+        help="--recover distill: training steps at most (default 300)",
+    )
+    data.add_argument(
+        "--recover-time", type=float, metavar="S", help="--recover distill: seconds at most"
+    )  # fmt: skip
     data.add_argument(
         "--eval",
         dest="eval_data",
@@ -235,6 +250,9 @@ def _options(args: argparse.Namespace):
         preprocess=args.preprocess,
         calib_limit=args.calib_limit,
         recover=args.recover,
+        recover_steps=args.recover_steps,
+        recover_time=args.recover_time,
+        max_accuracy_drop=args.max_accuracy_drop,
         eval_data=args.eval_data,
         quantize=args.quantize,
         input_shapes=parse_input_shapes(args.input_shape) or None,

@@ -31,9 +31,9 @@ Rules:
   changed layer, new running mean/var so that, on the calibration data, each channel's
   normalised output has the same mean and variance as in the original model.
 
-Grouped convs (``group > 1``) are not handled (see :func:`layer_is_refittable`): a
-depthwise consumer loses its output channel with its input channel, so there is nothing to
-repair; other grouped consumers are left as pruned. Convs must be 2-D.
+Grouped and depthwise convs (``group > 1``) are refitted group by group
+(``_refit_grouped.py``); ``auto_pad`` is resolved per input size (``_pads.py``). Convs
+must be 2-D.
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+
+from onnx_hwprune.passes.transform._pads import explicit_pads
 
 __all__ = [
     "LinearLayer",
@@ -82,6 +84,7 @@ class LinearLayer:
     strides: tuple[int, ...] = (1, 1)
     dilations: tuple[int, ...] = (1, 1)
     group: int = 1
+    auto_pad: str = "NOTSET"  # resolved against each input's size (see _pads.py)
 
     @property
     def is_conv(self) -> bool:
@@ -107,18 +110,20 @@ class LinearLayer:
 
 
 def layer_is_refittable(layer: LinearLayer) -> bool:
-    """Plain (group 1) 2-D convs and dense layers; grouped convs are not refitted."""
+    """2-D convs (grouped and depthwise ones per group, ``_refit_grouped.py``) and dense
+    layers."""
     if layer.is_conv:
-        return layer.group == 1 and layer.weight.ndim == 4
+        return layer.weight.ndim == 4
     return layer.weight.ndim == 2
 
 
 def _windows(layer: LinearLayer, x: np.ndarray) -> np.ndarray:
     """A strided view ``[N, C, Ho, Wo, kh, kw]`` of the zero-padded input (no copy of x's
     windows is made until rows are picked)."""
-    top, left, bottom, right = layer.pads
-    padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
     kh, kw = layer.weight.shape[2:]
+    auto = explicit_pads(layer.auto_pad, x.shape[2:], (kh, kw), layer.strides, layer.dilations)
+    top, left, bottom, right = auto or layer.pads
+    padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
     dh, dw = layer.dilations
     span = ((kh - 1) * dh + 1, (kw - 1) * dw + 1)
     view = np.lib.stride_tricks.sliding_window_view(padded, span, axis=(2, 3))

@@ -1,0 +1,374 @@
+"""Label-free distillation: train the pruned model to behave like the original.
+
+::
+
+    repaired, info = distill(original, pruned, factory, steps=300, seed=0)
+
+The pruned ONNX model is converted to PyTorch (``runtime/torch_convert.py``, BatchNorm
+kept unfolded so that every trained tensor is one initializer of the graph), and trained
+with Adam to match the *original* model's outputs, computed by onnxruntime on the same
+augmented calibration batch (the teacher labels whatever input it is shown, so any
+augmentation is label-consistent). Where an output is a Softmax, its input (the logits) is
+matched instead: probabilities saturate and give no gradient once the student is confidently
+wrong. Optional feature matching adds the kept channels of chosen intermediate tensors.
+
+Trained: Conv/ConvTranspose/Gemm weights and biases, constant MatMul weights, BatchNorm
+scale and shift (running statistics stay: with a few hundred samples re-estimating them
+is noisier than keeping them), PRelu slopes, and the constant operand of an Add that
+follows a MatMul (a bias). Nothing else (Clip bounds, shapes) moves.
+
+Deterministic under ``seed``: batch order and augmentation come from a numpy generator,
+torch's RNG is forked and seeded, deterministic algorithms and a fixed thread count are
+set for the duration and restored afterwards. Bounded by ``steps`` and ``time_limit``
+(whichever comes first). The trained weights are written back into a copy of the pruned
+graph, and the written-back model is checked against the trained module in onnxruntime.
+
+torch is an optional extra: without it :func:`require_torch` raises a one-line
+:class:`UserError` naming the extra to install.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnx_hwprune.errors import UserError
+from onnx_hwprune.runtime.activations import make_session, with_extra_outputs
+
+__all__ = ["TORCH_EXTRA", "DistillResult", "distill", "distill_targets", "require_torch"]
+
+logger = logging.getLogger(__name__)
+
+TORCH_EXTRA = "pip install 'onnx-hwprune[torch]'"
+WRITE_BACK_TOLERANCE = 1e-4
+_TRAINED_INPUTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "PRelu": (1,)}
+_TRAINED_INPUTS["BatchNormalization"] = (1, 2)
+
+BatchFactory = Callable[[], Iterable[Mapping[str, np.ndarray]]]
+Progress = Callable[[int, int, float, float], None]  # step, total steps, loss, seconds
+
+
+def require_torch() -> Any:
+    """The torch module, or a one-line :class:`UserError` naming the extra."""
+    try:
+        import torch
+    except ImportError:
+        raise UserError(f"--recover distill needs PyTorch: {TORCH_EXTRA}") from None
+    return torch
+
+
+@dataclass
+class DistillResult:
+    """What a distillation run did: steps, seconds, samples seen, loss first/last."""
+
+    steps: int = 0
+    seconds: float = 0.0
+    samples: int = 0
+    loss: list[float] = field(default_factory=list)  # [first step's, mean of the last 10]
+    write_back_error: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps,
+            "seconds": round(self.seconds, 2),
+            "samples": self.samples,
+            "loss": [round(v, 6) for v in self.loss],
+            "write_back_error": self.write_back_error,
+        }
+
+
+def distill_targets(model: onnx.ModelProto) -> list[str]:
+    """Tensors to match: each graph output, or the input of the Softmax that produces it
+    (through Reshape/Flatten/Identity, as exporters wrap it)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    out = []
+    for value in model.graph.output:
+        name, node = value.name, producer.get(value.name)
+        while node is not None and node.op_type in ("Reshape", "Flatten", "Identity"):
+            node = producer.get(node.input[0])
+        out.append(node.input[0] if node is not None and node.op_type == "Softmax" else name)
+    return list(dict.fromkeys(out))
+
+
+def trainable_initializers(model: onnx.ModelProto) -> list[str]:
+    """Names of the float initializers distillation trains (see module docstring)."""
+    inits = {t.name: t for t in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    names = []
+    for node in model.graph.node:
+        positions: Sequence[int] = _TRAINED_INPUTS.get(node.op_type, ())
+        if node.op_type == "MatMul":
+            positions = (0, 1)
+        elif node.op_type == "Add":
+            follows_matmul = any(
+                producer.get(i) is not None and producer[i].op_type == "MatMul" for i in node.input
+            )
+            positions = (0, 1) if follows_matmul else ()
+        names += [node.input[i] for i in positions if i < len(node.input)]
+    float_types = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)
+    return [n for n in dict.fromkeys(names) if n in inits and inits[n].data_type in float_types]
+
+
+def distill(
+    original: onnx.ModelProto,
+    pruned: onnx.ModelProto,
+    factory: BatchFactory,
+    *,
+    steps: int = 300,
+    time_limit: float | None = None,
+    lr: float = 1e-3,
+    seed: int = 0,
+    augment: bool = True,
+    features: Mapping[str, np.ndarray] | None = None,
+    threads: int = 1,
+    progress: Progress | None = None,
+) -> tuple[onnx.ModelProto, DistillResult]:
+    """Train a copy of ``pruned`` to reproduce ``original`` on the calibration inputs.
+
+    Args:
+        original: the teacher (not modified); the same input names as ``pruned``.
+        pruned: the student's starting point (not modified), e.g. after ``lsq``.
+        factory: calibration batches, read once per epoch (see ``recovery.calib_factory``).
+        steps, time_limit: stop after this many Adam steps or seconds, whichever first.
+        lr: Adam learning rate (scaled per tensor by Adam itself).
+        augment: random flips, shifts and noise on 4-D image inputs.
+        features: ``{tensor: kept original channels}`` also matched (e.g. pruned groups'
+            activations); the pruned tensor holds those channels of the original one.
+        threads: torch intra-op threads (fixed, for reproducibility; 1 by default since
+            OpenMP threads on a busy CPU slow training down many times).
+        progress: called after every step with (step, steps, loss, seconds).
+
+    Raises:
+        UserError: torch missing, or the pruned graph holds an op the converter lacks.
+    """
+    torch = require_torch()
+    from onnx_hwprune.runtime.torch_convert import OnnxModule
+
+    features = dict(features or {})
+    names = distill_targets(pruned) + list(features)
+    teacher = make_session(with_extra_outputs(original, names), intra_op_num_threads=threads)
+    student_model = with_extra_outputs(pruned, names)
+    result = DistillResult()
+    with _torch_state(torch, seed, threads):
+        first = dict(next(iter(factory())))
+        module = OnnxModule(fold_static_shapes(student_model, first), fold_bn=False)
+        shape = {k: v.shape for k, v in first.items()}
+        params = _trainable(module, trainable_initializers(pruned))
+        optimizer = torch.optim.Adam([p for _, p in params], lr=lr)
+        batches = _same_shape(factory, shape)
+        _train(torch, module, teacher, names, features, batches, optimizer, steps, time_limit,
+               np.random.default_rng(seed), augment, result, progress)  # fmt: skip
+        trained = {name: p.detach().cpu().numpy() for name, p in params}
+        out = _write_back(pruned, trained)
+        result.write_back_error = _check_write_back(torch, module, out, factory)
+    return out, result
+
+
+def _same_shape(factory: BatchFactory, shape: Mapping[str, tuple]) -> BatchFactory:
+    """Only the batches shaped like the first (a graph with folded shapes needs that; a
+    short last batch is dropped)."""
+
+    def batches() -> Iterable[Mapping[str, np.ndarray]]:
+        return (b for b in factory() if all(b[k].shape == s for k, s in shape.items()))
+
+    return batches
+
+
+class _torch_state:
+    """Seeded, deterministic, fixed-thread torch for a block; the previous state after."""
+
+    def __init__(self, torch: Any, seed: int, threads: int) -> None:
+        self.torch, self.seed, self.threads = torch, seed, threads
+
+    def __enter__(self) -> None:
+        t = self.torch
+        self.saved = (t.get_num_threads(), t.are_deterministic_algorithms_enabled())
+        self.rng = t.random.fork_rng(devices=[])
+        self.rng.__enter__()
+        t.manual_seed(self.seed)
+        t.set_num_threads(self.threads)
+        t.use_deterministic_algorithms(True)
+
+    def __exit__(self, *exc: object) -> None:
+        threads, deterministic = self.saved
+        self.torch.set_num_threads(threads)
+        self.torch.use_deterministic_algorithms(deterministic)
+        self.rng.__exit__(*exc)
+
+
+_FOLDABLE = {"Shape", "Cast", "Gather", "Slice", "Concat", "Unsqueeze", "Squeeze",
+             "Mul", "Add", "Sub", "Div", "Reshape", "Range", "ConstantOfShape"}  # fmt: skip
+
+
+def fold_static_shapes(model: onnx.ModelProto, batch: Mapping[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy where every ``Shape`` node, and every shape computation on constants after
+    it, becomes an initializer (the converter wants constant shapes), with the sizes the
+    tensors have on ``batch``: the result only runs on inputs of that shape.
+
+    Exported graphs often keep ``Shape -> Slice -> Concat -> Reshape`` chains even when
+    every size is known; onnxruntime gives the sizes, onnx's reference evaluator the rest.
+    """
+    from onnx.reference import ReferenceEvaluator
+
+    probed = [n.input[0] for n in model.graph.node if n.op_type == "Shape"]
+    if not probed:
+        return model
+    session = make_session(with_extra_outputs(model, probed))
+    values = session.run(probed, dict(batch))
+    shapes = {name: list(v.shape) for name, v in zip(probed, values, strict=True)}
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    consts = {t.name for t in out.graph.initializer}
+    keep = []
+    for node in out.graph.node:
+        value = _fold_node(node, consts, shapes, out, ReferenceEvaluator)
+        if value is None:
+            keep.append(node)
+            continue
+        out.graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
+        consts.add(node.output[0])
+    del out.graph.node[:]
+    out.graph.node.extend(keep)
+    return out
+
+
+def _fold_node(node, consts, shapes, model, evaluator) -> np.ndarray | None:
+    if node.op_type == "Shape" and node.input[0] in shapes and len(node.attribute) == 0:
+        return np.array(shapes[node.input[0]], dtype=np.int64)
+    if node.op_type not in _FOLDABLE or len(node.output) != 1:
+        return None
+    if not all(i in consts for i in node.input if i):
+        return None
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    if any(inits[i].dtype.kind == "f" and inits[i].size > 64 for i in node.input if i):
+        return None  # arithmetic on weights is the graph's business, not a shape
+    single = onnx.helper.make_graph(
+        [node], "fold",
+        [onnx.helper.make_tensor_value_info(i, inits[i].dtype.num, None) for i in []],
+        [onnx.helper.make_tensor_value_info(node.output[0], 0, None)],
+        [numpy_helper.from_array(inits[i], i) for i in dict.fromkeys(node.input) if i],
+    )  # fmt: skip
+    opset = [o for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    (value,) = evaluator(onnx.helper.make_model(single, opset_imports=opset)).run(None, {})
+    return np.asarray(value)
+
+
+def _trainable(module: Any, names: Sequence[str]) -> list[tuple[str, Any]]:
+    """The module's buffers for ``names`` (initializer names), switched to require grad."""
+    out = []
+    for name in names:
+        buffer = module._names.get(name)
+        if buffer is None:
+            continue
+        tensor = getattr(module, buffer)
+        tensor.requires_grad_(True)
+        out.append((name, tensor))
+    return out
+
+
+def _train(torch, module, teacher, names, features, factory, optimizer, steps, time_limit,
+           rng, augment, result, progress) -> None:  # fmt: skip
+    """The Adam loop: one calibration batch per step, epochs until a bound is hit."""
+    start, losses = time.monotonic(), []
+    input_names = module.input_names
+    while result.steps < steps:
+        seen = 0
+        for batch in factory():
+            seen += 1
+            feeds = _augment(batch, rng) if augment else dict(batch)
+            wanted = dict(zip(names, teacher.run(names, feeds), strict=True))
+            inputs = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in input_names]
+            outputs = dict(zip(module.output_names, module(*inputs), strict=True))
+            loss = _loss(torch, outputs, wanted, names, features)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            result.steps += 1
+            result.samples += len(next(iter(feeds.values())))
+            result.seconds = time.monotonic() - start
+            if progress is not None:
+                progress(result.steps, steps, losses[-1], result.seconds)
+            if result.steps >= steps or (time_limit is not None and result.seconds >= time_limit):
+                result.loss = [losses[0], float(np.mean(losses[-10:]))]
+                return
+        if not seen:
+            raise UserError("calibration data has zero samples")
+    result.loss = [losses[0], float(np.mean(losses[-10:]))] if losses else []
+
+
+def _loss(torch, outputs, wanted, names, features):
+    """Sum over matched tensors of the MSE normalised by the teacher's mean square, so
+    every tensor counts about equally whatever its scale."""
+    total = 0.0
+    for name in names:
+        target = wanted[name]
+        if name in features:
+            target = target[:, features[name]]
+        target_t = torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32))
+        scale = float(np.mean(np.square(target, dtype=np.float64))) + 1e-8
+        total = total + torch.mean((outputs[name] - target_t) ** 2) / scale
+    return total
+
+
+def _augment(batch: Mapping[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Standard image augmentation on 4-D float inputs: horizontal flip of a random half
+    of the batch, a random shift of up to 1/8 of each side (edge-padded), and Gaussian noise
+    at 5% of the batch's standard deviation. Other inputs pass unchanged."""
+    out = {}
+    for name, x in batch.items():
+        if x.ndim != 4 or x.dtype.kind != "f":
+            out[name] = x
+            continue
+        x = x.copy()
+        flip = rng.random(len(x)) < 0.5
+        x[flip] = x[flip][..., ::-1]
+        x = _shift(x, rng)
+        std = float(x.std()) or 1.0
+        out[name] = (x + rng.normal(0.0, 0.05 * std, x.shape)).astype(x.dtype)
+    return out
+
+
+def _shift(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    h, w = x.shape[2:]
+    dy, dx = max(1, h // 8), max(1, w // 8)
+    padded = np.pad(x, ((0, 0), (0, 0), (dy, dy), (dx, dx)), mode="edge")
+    oy, ox = int(rng.integers(0, 2 * dy + 1)), int(rng.integers(0, 2 * dx + 1))
+    return padded[:, :, oy : oy + h, ox : ox + w]
+
+
+def _write_back(pruned: onnx.ModelProto, trained: Mapping[str, np.ndarray]) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(pruned)
+    for tensor in out.graph.initializer:
+        if tensor.name in trained:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+            value = trained[tensor.name].astype(dtype).reshape(tuple(tensor.dims))
+            tensor.CopyFrom(numpy_helper.from_array(value, tensor.name))
+    return out
+
+
+def _check_write_back(torch, module, model: onnx.ModelProto, factory: BatchFactory) -> float:
+    """Largest output difference, relative to the output scale, between the trained module
+    and the written-back model on the first calibration batch; raises above 1e-4."""
+    batch = dict(next(iter(factory())))
+    names = [o.name for o in model.graph.output if o.name in module.output_names]
+    got = make_session(model).run(names, batch)
+    with torch.no_grad():
+        inputs = [torch.from_numpy(np.ascontiguousarray(batch[n])) for n in module.input_names]
+        outs = dict(zip(module.output_names, module(*inputs), strict=True))
+    worst = 0.0
+    for name, value in zip(names, got, strict=True):
+        want = outs[name].numpy()
+        scale = max(1.0, float(np.abs(want).max()))
+        worst = max(worst, float(np.abs(value - want).max()) / scale)
+    if worst > WRITE_BACK_TOLERANCE:
+        raise RuntimeError(f"distilled weights written back differ from torch by {worst:.2e}")
+    return worst

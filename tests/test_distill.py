@@ -1,0 +1,158 @@
+"""Label-free distillation and ``--recover auto``: seeded small cases."""
+
+from __future__ import annotations
+
+import builtins
+
+import numpy as np
+import pytest
+from helpers import run
+from test_recover import _data, _prune, _two_layer
+
+from onnx_hwprune.errors import UserError
+from onnx_hwprune.frontends.calib import calib_factory
+from onnx_hwprune.runtime.recover_auto import choose_recovery, fidelity, split_factory
+from onnx_hwprune.runtime.recovery import recover
+
+torch = pytest.importorskip("torch", reason="distillation needs the torch extra")
+
+from onnx_hwprune.runtime.distill import distill, require_torch  # noqa: E402
+from onnx_hwprune.runtime.torch_convert import OnnxModule  # noqa: E402
+
+
+def _case(kind="gemm", seed=0):
+    """A 2-layer model (conv+ReLU -> Gemm) with 3 of 8 informative channels removed."""
+    rng = np.random.default_rng(seed)
+    w1, b1 = rng.standard_normal((8, 3, 3, 3)) / 5, rng.standard_normal(8) * 0.1
+    model = _two_layer(kind, w1, b1, relu=True, rng=rng)
+    groups, plan, pruned = _prune(model, [1, 4, 6])
+    return model, groups, plan, pruned, rng
+
+
+def _mse(a, b, data) -> float:
+    return float(np.mean((run(a, data)[0] - run(b, data)[0]) ** 2))
+
+
+def test_distillation_lowers_held_back_mismatch_and_writes_back_exactly():
+    model, _, _, pruned, rng = _case()
+    train, held = _data(rng, 128), _data(rng, 64)
+    factory = calib_factory(train, model, batch_size=32)
+    out, info = distill(model, pruned, factory, steps=120, lr=1e-2, seed=3)
+    before, after = _mse(model, pruned, held), _mse(model, out, held)
+    assert after < 0.5 * before, (before, after)
+    assert info.steps == 120 and info.samples == 120 * 32
+    assert info.write_back_error <= 1e-4
+    # The written-back ONNX graph computes what a torch module with its weights computes.
+    module = OnnxModule(out, fold_bn=False)
+    with torch.no_grad():
+        (want,) = module(torch.from_numpy(held["x"]))
+    np.testing.assert_allclose(run(out, held)[0], want.numpy(), atol=1e-4)
+
+
+def test_distillation_is_deterministic_under_a_seed():
+    model, _, _, pruned, rng = _case(seed=1)
+    factory = calib_factory(_data(rng, 64), model, batch_size=32)
+    a, _ = distill(model, pruned, factory, steps=20, lr=1e-2, seed=7)
+    b, _ = distill(model, pruned, factory, steps=20, lr=1e-2, seed=7)
+    c, _ = distill(model, pruned, factory, steps=20, lr=1e-2, seed=8)
+    assert a.SerializeToString() == b.SerializeToString()
+    assert a.SerializeToString() != c.SerializeToString()  # the seed drives augmentation
+
+
+def test_distillation_stops_at_the_time_bound():
+    model, _, _, pruned, rng = _case(seed=2)
+    factory = calib_factory(_data(rng, 64), model, batch_size=32)
+    _, info = distill(model, pruned, factory, steps=10_000, time_limit=0.5)
+    assert 0 < info.steps < 10_000
+
+
+def test_without_torch_distill_says_which_extra(monkeypatch, tmp_path):
+    real_import = builtins.__import__
+
+    def no_torch(name, *args, **kwargs):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("No module named 'torch'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_torch)
+    with pytest.raises(UserError) as err:
+        require_torch()
+    message = str(err.value)
+    assert "\n" not in message and "onnx-hwprune[torch]" in message
+
+
+def test_auto_runs_the_cheapest_method_meeting_the_target():
+    # Removed channels constant on any data: bias compensation alone is exact.
+    rng = np.random.default_rng(5)
+    w1, b1 = rng.standard_normal((8, 3, 3, 3)) / 5, rng.standard_normal(8)
+    w1[[2, 5]], b1[[2, 5]] = 0.0, [0.7, 1.3]
+    model = _two_layer("gemm", w1, b1, relu=True, rng=rng)
+    groups, plan, pruned = _prune(model, [2, 5])
+    factory = calib_factory(_data(rng, 100), model, batch_size=25)
+
+    def method(name):
+        return lambda start, f: (recover(model, start, groups, plan, f, method=name), {})
+
+    methods = {"bias": method("bias"), "lsq": method("lsq")}
+    out, report = choose_recovery(model, pruned, methods, factory, max_drop=0.0)
+    assert report.chosen == "bias" and report.met
+    assert [t["method"] for t in report.tried] == ["bias"]  # lsq never ran
+    assert report.held_samples == 20
+    assert fidelity(model, out, factory) == 1.0
+
+
+def test_auto_falls_through_to_lsq_when_bias_is_not_enough():
+    model, groups, plan, pruned, rng = _case(seed=6)
+    factory = calib_factory(_data(rng, 200), model, batch_size=50)
+
+    def method(name):
+        return lambda start, f: (recover(model, start, groups, plan, f, method=name), {})
+
+    methods = {"bias": method("bias"), "lsq": method("lsq")}
+    _, report = choose_recovery(model, pruned, methods, factory, max_drop=0.0)
+    scores = {t["method"]: t["agreement"] for t in report.tried}
+    assert list(scores) == ["bias", "lsq"][: len(scores)]
+    assert report.chosen in scores and scores[report.chosen] == max(scores.values())
+
+
+def test_split_factory_holds_back_every_fifth_sample():
+    x = np.arange(23, dtype=np.float32).reshape(23, 1)
+    batches = [{"x": x[i : i + 10]} for i in range(0, 23, 10)]
+    fit, held = split_factory(lambda: iter(batches), 5)
+    held_ids = np.concatenate([b["x"][:, 0] for b in held()])
+    fit_ids = np.concatenate([b["x"][:, 0] for b in fit()])
+    assert held_ids.tolist() == [0, 5, 10, 15, 20]
+    assert sorted(fit_ids.tolist() + held_ids.tolist()) == list(range(23))
+
+
+def test_exported_softmax_wrappers_and_shape_chains_are_handled():
+    """Paddle-style head: Shape(logits) -> Flatten -> Softmax -> Reshape(shape). The logits
+    are matched, and the Shape chain is folded so the converter can run the graph."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnx_hwprune.runtime.distill import distill_targets, fold_static_shapes
+
+    mk = helper.make_node
+    nodes = [
+        mk("Gemm", ["x", "w"], ["logits"], transB=1),
+        mk("Shape", ["logits"], ["shape"]),
+        mk("Flatten", ["logits"], ["flat"]),
+        mk("Softmax", ["flat"], ["prob"]),
+        mk("Reshape", ["prob", "shape"], ["y"]),
+    ]
+    w = numpy_helper.from_array(
+        np.random.default_rng(0).standard_normal((3, 5)).astype(np.float32), "w"
+    )
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    assert distill_targets(model) == ["flat"]
+    x = np.random.default_rng(1).standard_normal((4, 5)).astype(np.float32)
+    folded = fold_static_shapes(model, {"x": x})
+    assert "Shape" not in [n.op_type for n in folded.graph.node]
+    with torch.no_grad():
+        (got,) = OnnxModule(folded, fold_bn=False)(torch.from_numpy(x))
+    np.testing.assert_allclose(got.numpy(), run(model, {"x": x})[0], atol=1e-6)

@@ -1,0 +1,63 @@
+"""``--recover`` on the command line: distill without torch, and the auto default."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from test_cli import assert_bad_input
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+DIGITS = EXAMPLES / "digits_resnet.onnx"
+CALIB = EXAMPLES / "digits_calib.npz"
+
+
+def _cli(*args: str, block_torch: bool = False) -> subprocess.CompletedProcess:
+    # sys.modules["torch"] = None makes every "import torch" raise ImportError.
+    code = "import sys\nfrom onnx_hwprune.cli import main\n"
+    if block_torch:
+        code = "import sys\nsys.modules['torch'] = None\n" + code[11:]
+    code += "sys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+
+
+def test_distill_without_torch_names_the_extra(tmp_path):
+    out = tmp_path / "out.onnx"
+    proc = _cli(str(DIGITS), str(out), "--ratio", "0.3", "--calib", str(CALIB),
+                "--recover", "distill", block_torch=True)  # fmt: skip
+    assert_bad_input(proc, "pip install 'onnx-hwprune[torch]'")
+    assert not out.exists()
+
+
+def test_calibration_data_turns_auto_recovery_on(tmp_path):
+    out, report = tmp_path / "out.onnx", tmp_path / "r.json"
+    proc = _cli(str(DIGITS), str(out), "--ratio", "0.5", "--calib", str(CALIB),
+                "--calib-limit", "200", "--report", str(report))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    recovery = json.loads(report.read_text())["recovery"]
+    assert recovery["method"] in ("bias", "lsq")
+    assert recovery["held_samples"] == 40
+    tried = {t["method"]: t["agreement"] for t in recovery["tried"]}
+    assert set(tried) == {"bias", "lsq"}  # no target: the cheap two, never distill
+    assert tried[recovery["method"]] == max(tried.values()) >= recovery["agreement_before"]
+    none = _cli(str(DIGITS), str(tmp_path / "n.onnx"), "--ratio", "0.5", "--calib", str(CALIB),
+                "--recover", "none", "--report", str(tmp_path / "n.json"))  # fmt: skip
+    assert none.returncode == 0, none.stderr
+    assert "recovery" not in json.loads((tmp_path / "n.json").read_text())
+
+
+def test_recovery_options_are_checked():
+    import pytest
+
+    from onnx_hwprune.errors import UserError
+    from onnx_hwprune.options import PruneOptions
+
+    assert PruneOptions(calib="c.npz").resolved_recover() == "auto"
+    assert PruneOptions(calib="c.npz", recover="none").resolved_recover() is None
+    assert PruneOptions().resolved_recover() is None
+    for bad in ({"recover": "magic", "calib": "c.npz"}, {"max_accuracy_drop": 1.5}):
+        with pytest.raises(UserError):
+            PruneOptions(**bad).validate()
