@@ -20,6 +20,7 @@ from typing import Any
 import onnx
 
 from onnx_hwprune import _data, _latency
+from onnx_hwprune._dynamic import keep_model_dims, output_section
 from onnx_hwprune.frontends.onnx import ModelSource, export_model, load_graph, verify_model
 from onnx_hwprune.options import PruneOptions
 from onnx_hwprune.passes._infra import Module, Pass, PassContext, Sequential
@@ -29,7 +30,12 @@ from onnx_hwprune.passes.analysis.importance import ChannelImportance
 from onnx_hwprune.passes.analysis.stats import model_stats
 from onnx_hwprune.passes.plan.baselines import PLANNERS
 from onnx_hwprune.passes.plan.latency import LatencyPlannerPass, SnapPass
-from onnx_hwprune.passes.transform.remove_channels import RemoveChannels, UsePlan
+from onnx_hwprune.passes.transform.bias_compensation import (
+    Compensation,
+    apply_deltas,
+    compensation_deltas,
+)
+from onnx_hwprune.passes.transform.remove_channels import RemoveChannels, UsePlan, kept_positions
 from onnx_hwprune.report import build_report
 
 __all__ = ["PruneResult", "prune", "planning_passes"]
@@ -91,20 +97,46 @@ def prune(
         cost, backend = _latency.cost_model(opts, source, progress)
         ctx = replace(ctx, cost_model=cost, config=_target_config(opts, ctx))
     planned = _plan(opts, mod, source, factory, ctx)
-    pruned_mod = RemoveChannels()(planned, ctx)
-    out = export_model(pruned_mod.graph)
-    if opts.recover:
-        out = _data.recover_model(opts, source, out, mod.groups, planned.plan, factory)
-    verify_model(out)
+    comp = _compensation(opts, planned)
+    pruned_graph = _remove(planned, ctx, comp)
+    out = export_model(pruned_graph)  # at the planning shapes: what latency is measured on
+    written, kept = out, None
+    if opts.input_shapes and not opts.fix_input_shape:
+        kept = keep_model_dims(model, planned.plan, lambda m: export_model(_remove(m, ctx, comp)))
+        written = kept.model or out
+    if opts.effective_recover:
+        rec_source, rec_groups = (
+            (kept.source, kept.module.groups) if kept and kept.model else (source, mod.groups)
+        )
+        written = _data.recover_model(replace(opts, recover=opts.effective_recover), rec_source,
+                                      written, rec_groups, planned.plan, factory)  # fmt: skip
+    verify_model(written)
     report = build_report(
         mod.groups,
         planned.plan,
         model_stats(mod.graph),
-        model_stats(pruned_mod.graph),
+        model_stats(pruned_graph),
         opts.to_json(),
     )
-    _add_sections(report, opts, cost, backend, mod, planned.plan, source, out)
-    return PruneResult(out, planned.plan, report)
+    _add_sections(report, opts, cost, backend, mod, planned.plan, source, out, written)
+    report["output"] = output_section(written, kept)
+    if comp is not None:
+        report["bias_compensation"] = comp.summary()
+    return PruneResult(written, planned.plan, report)
+
+
+def _compensation(opts: PruneOptions, planned: Module) -> Compensation | None:
+    if not opts.effective_bias_compensation or not planned.plan.pruned_groups():
+        return None
+    return compensation_deltas(planned.graph, planned.groups, planned.plan)
+
+
+def _remove(planned: Module, ctx: PassContext, comp: Compensation | None):
+    """The pruned graph, with the removed channels' expected contribution in the biases."""
+    graph = RemoveChannels()(planned, ctx).graph
+    if comp is not None:
+        apply_deltas(graph, comp, kept_positions(planned.groups, planned.plan))
+    return graph
 
 
 def _target_config(opts: PruneOptions, ctx: PassContext) -> dict[str, Any]:
@@ -127,7 +159,7 @@ def _plan(
     return Sequential(planning_passes(opts), "plan")(mod, ctx)
 
 
-def _add_sections(report, opts, cost, backend, mod, plan, source, out) -> None:
+def _add_sections(report, opts, cost, backend, mod, plan, source, out, written) -> None:
     if cost is not None:
         report["latency"] = {
             "predicted": _latency.predicted_section(cost, mod.graph, mod.groups, plan)
@@ -137,7 +169,7 @@ def _add_sections(report, opts, cost, backend, mod, plan, source, out) -> None:
                 backend, {"original": source, "pruned": out}
             )
     if opts.eval_data is not None:
-        report["accuracy"] = _data.accuracy_section(opts, source, out)
+        report["accuracy"] = _data.accuracy_section(opts, source, written)
 
 
 def _frozen_summary(mod: Module) -> str:

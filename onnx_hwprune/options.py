@@ -44,6 +44,11 @@ class PruneOptions:
     ridge: float = 1e-3
     eval_data: str | os.PathLike | None = None
     input_shapes: Mapping[str, Sequence[int]] | None = field(default=None)
+    # --input-shape fixes dims for measuring and planning; the written model keeps the
+    # model's own (dynamic) dims unless this is set.
+    fix_input_shape: bool = False
+    # Data-free bias compensation from BatchNorm statistics; None: on without --calib.
+    bias_compensation: bool | None = None
 
     def __post_init__(self) -> None:
         # The API takes a budget as text too ("0.6", "12ms"), as the CLI does.
@@ -63,6 +68,19 @@ class PruneOptions:
         return DEFAULT_RATIO if self.ratio is None else self.ratio
 
     @property
+    def effective_recover(self) -> str | None:
+        """With calibration data, ``lsq`` unless the user chose (``none`` turns it off)."""
+        if self.recover == "none":
+            return None
+        return self.recover or ("lsq" if self.calib is not None else None)
+
+    @property
+    def effective_bias_compensation(self) -> bool:
+        if self.bias_compensation is not None:
+            return self.bias_compensation
+        return self.effective_recover is None
+
+    @property
     def effective_budget(self) -> LatencyBudget:
         return self.latency_budget or DEFAULT_BUDGET
 
@@ -79,7 +97,7 @@ class PruneOptions:
             )
         if self.latency_budget is not None and method in ("uniform", "global"):
             raise UserError(f"--latency-budget needs --method latency, not {method}")
-        if self.recover is not None and self.calib is None:
+        if self.recover not in (None, "none") and self.calib is None:
             raise UserError(f"--recover {self.recover} needs calibration data (--calib)")
 
     def to_json(self) -> dict:
@@ -91,5 +109,7 @@ class PruneOptions:
             "snap": self.snap,
             "target": self.target,
             "latency_budget": str(self.effective_budget) if self.needs_cost_model() else None,
-            "recover": self.recover,
+            "recover": self.effective_recover,
+            "bias_compensation": self.effective_bias_compensation,
+            "fix_input_shape": self.fix_input_shape,
         }

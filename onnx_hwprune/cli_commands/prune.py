@@ -108,8 +108,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     data.add_argument(
         "--recover",
-        choices=sorted(RECOVERY_METHODS),
-        help="repair layers after pruning on --calib data: lsq refit + bias, or bias only",
+        choices=[*sorted(RECOVERY_METHODS), "none"],
+        help="repair layers after pruning on --calib data: lsq refit + bias (the default "
+        "with --calib), bias only, or none",
+    )
+    data.add_argument(
+        "--no-bias-compensation",
+        dest="bias_compensation",
+        action="store_false",
+        default=None,
+        help="without --calib, removed channels' expected activations (from BatchNorm "
+        "statistics) are folded into the consumers' biases; this turns that off",
     )
     data.add_argument(
         "--eval",
@@ -136,7 +145,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="NAME:D0,D1,...",
-        help="fix an input's shape (repeatable), e.g. input:1,3,224,224",
+        help="an input's shape for measuring and planning (repeatable), e.g. "
+        "input:1,3,224,224; OUT keeps the model's own dims unless --fix-input-shape",
+    )
+    out.add_argument(
+        "--fix-input-shape",
+        action="store_true",
+        help="write OUT with the --input-shape dims instead of the model's own",
     )
     out.add_argument("--quiet", action="store_true", help="no summary on stdout")
 
@@ -188,6 +203,8 @@ def _options(args: argparse.Namespace):
         recover=args.recover,
         eval_data=args.eval_data,
         input_shapes=parse_input_shapes(args.input_shape) or None,
+        fix_input_shape=args.fix_input_shape,
+        bias_compensation=args.bias_compensation,
     )
 
 
