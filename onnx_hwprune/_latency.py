@@ -89,6 +89,7 @@ def predicted_section(cost, graph, groups: ChannelGroups, plan: Plan) -> dict[st
         "target": cost.target,
         "source": source_of(cost, cost.target),
         "network_ms": [before["total_ms"], after["total_ms"]],
+        "provenance": [before.get("provenance"), after.get("provenance")],
         "residual_ms": cost.residual_ms,
         "layers": layers,
     }

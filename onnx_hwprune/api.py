@@ -21,6 +21,7 @@ import onnx
 
 from onnx_hwprune import _data, _latency
 from onnx_hwprune._dynamic import keep_model_dims, output_section
+from onnx_hwprune.errors import UserError
 from onnx_hwprune.frontends.onnx import ModelSource, export_model, load_graph, verify_model
 from onnx_hwprune.options import PruneOptions
 from onnx_hwprune.passes._infra import Module, Pass, PassContext, Sequential
@@ -92,9 +93,8 @@ def prune(
         return PruneResult(None, None, {"options": opts.to_json(), "reason": reason}, reason)
     source = export_model(mod.graph)  # the names every later step refers to
     factory = _data.calibration(opts, source)
-    cost = backend = None
+    cost, backend, latency_note = _cost_model(opts, source, progress)
     if opts.needs_cost_model():
-        cost, backend = _latency.cost_model(opts, source, progress)
         ctx = replace(ctx, cost_model=cost, config=_target_config(opts, ctx))
     planned = _plan(opts, mod, source, factory, ctx)
     comp = _compensation(opts, planned)
@@ -120,9 +120,37 @@ def prune(
     )
     _add_sections(report, opts, cost, backend, mod, planned.plan, source, out, written)
     report["output"] = output_section(written, kept)
+    if latency_note:
+        report["latency"] = {"note": latency_note}
     if comp is not None:
         report["bias_compensation"] = comp.summary()
+    _add_fidelity(report, source, written, factory)
     return PruneResult(written, planned.plan, report)
+
+
+def _cost_model(opts: PruneOptions, source: onnx.ModelProto, progress):
+    """(cost model, backend, note). Planning by latency needs the cost model; every other
+    method gets one too when timing is on, so that every summary shows predicted and
+    measured latency (methods compare from their summaries); where a baseline's model
+    cannot be timed (a symbolic input), the note says why and pruning goes on."""
+    if opts.needs_cost_model():
+        return (*_latency.cost_model(opts, source, progress), "")
+    if not opts.measure:
+        return None, None, ""
+    try:
+        return (*_latency.cost_model(opts, source, progress), "")
+    except UserError as exc:
+        return None, None, f"latency not predicted or measured: {exc}"
+
+
+def _add_fidelity(report: dict, source, written, factory) -> None:
+    from onnx_hwprune.runtime.fidelity import fidelity_section
+
+    section = fidelity_section(source, written, factory)
+    if section is not None:
+        report["fidelity"] = section
+        if "warning" in section:
+            log.warning("%s", section["warning"])
 
 
 def _compensation(opts: PruneOptions, planned: Module) -> Compensation | None:

@@ -18,7 +18,8 @@ activation that follows:
   features share its mean), Add (sum of the means): exactly.
 
 Stated approximations: the Gaussian model of BN outputs; a padded conv's border pixels
-see fewer taps than the interior (the shift is exact in the interior). A consumer whose
+see fewer taps than the interior, so the bias gets each tap weighted by the share of
+output pixels where it reads inside the input (the least-squares constant). A consumer whose
 input mean cannot be derived (no BN upstream, e.g. torch exports fold BN into the conv)
 is left as is and counted in the summary.
 """
@@ -205,13 +206,40 @@ def _consumer_shift(node: gs.Node, positions: list[int]) -> tuple[np.ndarray | N
         return None, "no BatchNorm statistics upstream"
     idx = np.asarray(positions)
     if node.op == "Conv":
-        taps = w[:, idx].reshape(w.shape[0], len(idx), -1).sum(axis=2)
+        cover = _tap_coverage(node, w.shape[2:]).reshape(-1)
+        taps = w[:, idx].reshape(w.shape[0], len(idx), -1) @ cover
         return taps @ means[idx], ""
     trans_b = int(node.attrs.get("transB", 0)) == 1
     rows = w[:, idx].T if trans_b else w[idx, :]
     # Gemm adds beta * C: the shift goes into C divided by beta.
     scale = float(node.attrs.get("alpha", 1.0)) / float(node.attrs.get("beta", 1.0) or 1.0)
     return scale * (means[idx] @ rows), ""
+
+
+def _tap_coverage(node: gs.Node, kernel: tuple[int, ...]) -> np.ndarray:
+    """Share of output pixels where each kernel tap reads inside the input (not padding).
+
+    A bias is one constant per channel; the best constant for a removed constant input
+    is its mean over the output pixels, and a padded conv's border pixels see fewer taps
+    (on a 2x2 map a 3x3 conv sees 4 of 9). All ones where the input size is unknown.
+    """
+    shape = node.inputs[0].shape
+    spatial = list(shape[2:]) if shape is not None else []
+    explicit = node.attrs.get("auto_pad", "NOTSET") in ("NOTSET", "VALID")
+    if not explicit or len(spatial) != len(kernel) or not all(isinstance(d, int) for d in spatial):
+        return np.ones(kernel)
+    nd = len(kernel)
+    strides = node.attrs.get("strides", [1] * nd)
+    dilations = node.attrs.get("dilations", [1] * nd)
+    pads = node.attrs.get("pads", [0] * 2 * nd)
+    cover = np.ones(())
+    for a, (size, k) in enumerate(zip(spatial, kernel, strict=True)):
+        s, d, p0, p1 = strides[a], dilations[a], pads[a], pads[a + nd]
+        outs = np.arange((size + p0 + p1 - d * (k - 1) - 1) // s + 1)
+        taps = outs[:, None] * s - p0 + np.arange(k)[None, :] * d
+        share = ((taps >= 0) & (taps < size)).mean(axis=0)
+        cover = np.multiply.outer(cover, share)
+    return cover
 
 
 def apply_deltas(
