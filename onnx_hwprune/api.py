@@ -87,6 +87,10 @@ def prune(
     opts = replace(options or PruneOptions(), **option_values)
     opts.validate()
     ctx = ctx or PassContext.current()
+    if opts.max_accuracy_drop is not None:
+        from onnx_hwprune._accuracy_search import prune_within_accuracy
+
+        return prune_within_accuracy(model, opts, ctx=ctx, progress=progress)
     mod = ChannelGroupAnalysis()(Module(load_graph(model, opts.input_shapes)), ctx)
     if not mod.groups.prunable:
         reason = "no prunable channel group: " + _frozen_summary(mod)

@@ -68,7 +68,23 @@ def test_mali_job_never_crashes(name, corpus_cache, tmp_path, capsys):
 
 @pytest.mark.parametrize("name", _marks(CORPUS, FAST))
 def test_ratio_job_never_crashes(name, corpus_cache, tmp_path, capsys):
-    _check_job(corpus_model(name, corpus_cache), tmp_path, capsys, "--ratio", "0.3")
+    # --no-measure: the baseline's latency path (profiling) is the default job's, below.
+    _check_job(corpus_model(name, corpus_cache), tmp_path, capsys, "--ratio", "0.3",
+               "--no-measure")  # fmt: skip
+
+
+def test_ratio_job_reports_predicted_and_measured_latency(corpus_cache, tmp_path, capsys):
+    """Baselines get the same latency lines as the latency planner, to compare methods."""
+    model = corpus_model("torch_resnet18", corpus_cache)
+    out, db = tmp_path / "out.onnx", str(tmp_path / "profiles.sqlite")
+    args = [str(model.path), str(out), *model.shape_args(), "--ratio", "0.3", "--threads", "1",
+            "--profile-db", db]  # fmt: skip
+    assert main(args) == 0
+    summary = capsys.readouterr().out
+    assert "latency on cpu, predicted:" in summary
+    assert "latency measured here:" in summary
+    assert "layer points after pruning:" in summary
+    assert "OUT accepts: images [batch, 3, height, width]" in summary
 
 
 @pytest.mark.parametrize("name", _marks(CORPUS, FAST_CPU))

@@ -126,6 +126,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="D.npz",
         help="report top-1 accuracy before/after (npz with 'input' and 'label')",
     )
+    data.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        metavar="P",
+        help="with --eval: bisect the latency budget for the fastest plan within P points "
+        "of the original's top-1 (agreement with the original for unlabelled data)",
+    )
     out = parser.add_argument_group("output")
     out.add_argument(
         "--emit",
@@ -204,6 +211,7 @@ def _options(args: argparse.Namespace):
         eval_data=args.eval_data,
         input_shapes=parse_input_shapes(args.input_shape) or None,
         fix_input_shape=args.fix_input_shape,
+        max_accuracy_drop=args.max_accuracy_drop,
         bias_compensation=args.bias_compensation,
     )
 
