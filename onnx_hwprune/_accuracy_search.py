@@ -20,15 +20,21 @@ from onnx_hwprune.errors import UserError
 from onnx_hwprune.options import DEFAULT_BUDGET, PruneOptions
 from onnx_hwprune.passes.plan.budget import LatencyBudget
 
-__all__ = ["prune_within_accuracy", "accuracy_drop"]
+__all__ = ["prune_within_accuracy", "accuracy_drop", "guard_applies", "GUARD_COSINE"]
 
 log = logging.getLogger(__name__)
 
 STEPS = 5  # bisection steps after the requested budget: 1/32 of the interval
 
 
+GUARD_COSINE = 0.95  # the default job's floor on output cosine with the original
+
+
 def accuracy_drop(report: dict[str, Any]) -> float:
-    """Points of top-1 lost (or of disagreement with the original, for unlabelled data)."""
+    """Points of top-1 lost (or of disagreement with the original, for unlabelled data);
+    without ``--eval``, points of output cosine lost on the data at hand (the guard)."""
+    if "accuracy" not in report:
+        return 100.0 * (1.0 - report.get("fidelity", {}).get("cosine", 1.0))
     acc = report["accuracy"]
     if acc.get("top1") is not None:
         before, after = acc["top1"]
@@ -47,17 +53,21 @@ def prune_within_accuracy(model, opts: PruneOptions, **kwargs: Any):
     """Bisect the budget (see module doc); returns the chosen :class:`PruneResult`."""
     from onnx_hwprune.api import PruneResult, prune
 
-    if opts.eval_data is None or opts.resolved_method() != "latency":
-        raise UserError("--max-accuracy-drop needs --eval data and the latency method")
+    if opts.resolved_method() != "latency":
+        raise UserError("--max-accuracy-drop needs the latency method")
     budget = opts.latency_budget or DEFAULT_BUDGET
-    base = replace(opts, max_accuracy_drop=None)
+    limit = opts.max_accuracy_drop
+    if limit is None:  # the default job's guard (see guard_applies)
+        limit = 100.0 * (1.0 - GUARD_COSINE)
+    # Trials are compared on predicted latency; only the chosen plan is timed (below).
+    base = replace(opts, max_accuracy_drop=None, guard=False, measure=False)
     trials: list[dict[str, Any]] = []
 
     def trial(fraction: float):
         result = prune(model, replace(base, latency_budget=LatencyBudget(fraction=fraction)),
                        **kwargs)  # fmt: skip
         drop = accuracy_drop(result.report) if result.model is not None else 0.0
-        ok = result.model is not None and drop <= opts.max_accuracy_drop
+        ok = result.model is not None and drop <= limit
         ms = _speed(result.report) if result.model is not None else None
         trials.append({"budget": fraction, "accuracy_drop": drop, "within": ok, "ms": ms})
         log.info("budget %.3f: accuracy drop %.2f points (%s)", fraction, drop, ok)
@@ -68,20 +78,36 @@ def prune_within_accuracy(model, opts: PruneOptions, **kwargs: Any):
         probe, _ = trial(1.0)
         first = min(1.0, budget.ms / probe.report["plan"]["meta"]["full_ms"])
     best, ok = trial(first)
-    chosen = best if ok else None
+    chosen, fraction = (best, first) if ok else (None, None)
     lo, hi = first, 1.0
     for _ in range(0 if ok else STEPS):
         mid = (lo + hi) / 2
         result, ok = trial(mid)
         if ok:
-            chosen, hi = result, mid
+            chosen, fraction, hi = result, mid, mid
         else:
             lo = mid
-    search = {"max_accuracy_drop": opts.max_accuracy_drop, "trials": trials}
+    metric = "top-1 points (--eval)" if opts.eval_data is not None else "output cosine points"
+    search = {"max_accuracy_drop": limit, "metric": metric, "trials": trials,
+              "requested": first, "chosen": fraction}  # fmt: skip
     if chosen is None:
         reason = (f"no budget between {first:.3f} and 1.0 kept the accuracy within "
-                  f"{opts.max_accuracy_drop} points")  # fmt: skip
+                  f"{limit:.1f} {metric}")  # fmt: skip
         return PruneResult(None, None, {"options": opts.to_json(), "reason": reason,
                                         "accuracy_search": search}, reason)  # fmt: skip
+    if opts.measure:
+        final = replace(base, measure=True, latency_budget=LatencyBudget(fraction=fraction))
+        chosen = prune(model, final, **kwargs)
     chosen.report["accuracy_search"] = search
     return chosen
+
+
+def guard_applies(opts: PruneOptions) -> bool:
+    """The default job is guarded: latency planning to the *default* budget without
+    ``--eval``. The default budget is a suggestion, so when it moves the outputs too far
+    (cosine under :data:`GUARD_COSINE` on the calibration data, or on synthetic inputs)
+    the budget is relaxed by bisection and the summary says so. An explicit
+    ``--latency-budget`` is a requirement: it is met and warned about, never relaxed."""
+    if opts.guard is not None:
+        return opts.guard
+    return opts.resolved_method() == "latency" and opts.latency_budget is None

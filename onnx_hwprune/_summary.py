@@ -50,7 +50,27 @@ def budget_lines(report: dict[str, Any]) -> list[str]:
 
 
 def guard_lines(report: dict[str, Any]) -> list[str]:
-    return _fidelity_lines(report) + _compensation_lines(report) + _output_lines(report)
+    return (
+        _search_lines(report)
+        + _fidelity_lines(report)
+        + _compensation_lines(report)
+        + _output_lines(report)
+    )
+
+
+def _search_lines(report: dict[str, Any]) -> list[str]:
+    search = report.get("accuracy_search")
+    if not search or search.get("chosen") is None:
+        return []
+    asked, chosen = search["requested"], search["chosen"]
+    limit, metric = search["max_accuracy_drop"], search["metric"]
+    if chosen == asked:
+        return [f"accuracy check: budget {asked:.3f} kept within {limit:.1f} {metric}"]
+    return [
+        f"WARNING: budget relaxed from {asked:.3f} to {chosen:.3f} of the original's latency: "
+        f"tighter plans lost more than {limit:.1f} {metric} ({len(search['trials'])} trials; "
+        "give --latency-budget to insist, --calib DATA to recover accuracy)"
+    ]
 
 
 def _fidelity_lines(report: dict[str, Any]) -> list[str]:

@@ -87,9 +87,9 @@ def prune(
     opts = replace(options or PruneOptions(), **option_values)
     opts.validate()
     ctx = ctx or PassContext.current()
-    if opts.max_accuracy_drop is not None:
-        from onnx_hwprune._accuracy_search import prune_within_accuracy
+    from onnx_hwprune._accuracy_search import guard_applies, prune_within_accuracy
 
+    if opts.max_accuracy_drop is not None or guard_applies(opts):
         return prune_within_accuracy(model, opts, ctx=ctx, progress=progress)
     mod = ChannelGroupAnalysis()(Module(load_graph(model, opts.input_shapes)), ctx)
     if not mod.groups.prunable:

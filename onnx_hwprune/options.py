@@ -51,6 +51,8 @@ class PruneOptions:
     bias_compensation: bool | None = None
     # With eval_data: the fastest plan within this many points of top-1 (or agreement).
     max_accuracy_drop: float | None = None
+    # Relax the *default* budget when outputs move too far (None: on for the default job).
+    guard: bool | None = None
 
     def __post_init__(self) -> None:
         # The API takes a budget as text too ("0.6", "12ms"), as the CLI does.
@@ -100,6 +102,7 @@ class PruneOptions:
         if self.latency_budget is not None and method in ("uniform", "global"):
             raise UserError(f"--latency-budget needs --method latency, not {method}")
         if self.max_accuracy_drop is not None and (self.eval_data is None or method != "latency"):
+            # (the default job's guard works without --eval, on output agreement)
             raise UserError("--max-accuracy-drop needs --eval data and the latency method")
         if self.recover not in (None, "none") and self.calib is None:
             raise UserError(f"--recover {self.recover} needs calibration data (--calib)")

@@ -18,8 +18,8 @@ import onnxruntime as ort
 
 __all__ = ["output_fidelity", "synthetic_batches", "FIDELITY_FLOOR"]
 
-FIDELITY_FLOOR = 0.9  # below this agreement or cosine, the summary warns loudly
-_SAMPLES = 8
+FIDELITY_FLOOR = 0.9  # below this cosine (agreement: 0.8), the summary warns loudly
+_SAMPLES = 16
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
@@ -88,7 +88,9 @@ def fidelity_section(original: onnx.ModelProto, pruned: onnx.ModelProto, factory
         if batches is None:
             return None
     section = {"data": label, **output_fidelity(original, pruned, batches)}
-    worst = min(section["cosine"], section["top1_agreement"] or 1.0)
+    # Top-1 agreement on few samples moves in big steps (1 of 16 = 6%): a looser floor.
+    agree = section["top1_agreement"]
+    worst = min(section["cosine"], 1.0 if agree is None else agree + 0.1)
     if worst < FIDELITY_FLOOR:
         section["warning"] = (
             f"the pruned model's outputs moved far from the original's ({100 * worst:.0f}% "

@@ -127,6 +127,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="report top-1 accuracy before/after (npz with 'input' and 'label')",
     )
     data.add_argument(
+        "--no-guard",
+        dest="guard",
+        action="store_false",
+        default=None,
+        help="keep the default budget even when it moves the outputs far from the "
+        "original's (by default it is relaxed until the output cosine stays >= 0.95)",
+    )
+    data.add_argument(
         "--max-accuracy-drop",
         type=float,
         metavar="P",
@@ -212,6 +220,7 @@ def _options(args: argparse.Namespace):
         input_shapes=parse_input_shapes(args.input_shape) or None,
         fix_input_shape=args.fix_input_shape,
         max_accuracy_drop=args.max_accuracy_drop,
+        guard=args.guard,
         bias_compensation=args.bias_compensation,
     )
 
