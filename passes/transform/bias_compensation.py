@@ -161,6 +161,7 @@ class Compensation:
     """Per consumer node: the shift of each (unpruned) output channel, and a summary."""
 
     deltas: dict[str, np.ndarray] = field(default_factory=dict)
+    weights: dict[str, str] = field(default_factory=dict)  # node -> its weight's name
     channels: int = 0
     skipped: dict[str, str] = field(default_factory=dict)
 
@@ -189,6 +190,7 @@ def compensation_deltas(graph: gs.Graph, groups: ChannelGroups, plan: Plan) -> C
                 continue
             prev = result.deltas.get(node.name)
             result.deltas[node.name] = delta if prev is None else prev + delta
+            result.weights[node.name] = node.inputs[1].name
             result.channels += len(positions)
     return result
 
@@ -253,10 +255,14 @@ def apply_deltas(
     done = 0
     for node in graph.nodes:
         delta = comp.deltas.get(node.name)
-        if delta is None:
+        # The graph may be a second load of the model (at its own dims): the node must
+        # read the same weight, and its output count must match, or it is left alone.
+        if delta is None or node.inputs[1].name != comp.weights.get(node.name):
             continue
         out_positions = kept.get((node.outputs[0].name, 1))
         shift = delta if out_positions is None else delta[out_positions]
+        if shift.size != _out_channels(node):
+            continue
         index = 2
         if len(node.inputs) > index and node.inputs[index].name:
             bias = node.inputs[index]
@@ -271,3 +277,10 @@ def apply_deltas(
             node.inputs.append(gs.Constant(f"{node.name}__bias_comp", shift.astype(dtype)))
         done += 1
     return done
+
+
+def _out_channels(node: gs.Node) -> int:
+    w = node.inputs[1].values.shape
+    if node.op == "Gemm":
+        return int(w[0] if int(node.attrs.get("transB", 0)) else w[1])
+    return int(w[0])
