@@ -92,10 +92,14 @@ def fidelity_section(original: onnx.ModelProto, pruned: onnx.ModelProto, factory
     agree = section["top1_agreement"]
     worst = min(section["cosine"], 1.0 if agree is None else agree + 0.1)
     if worst < FIDELITY_FLOOR:
+        hint = (
+            ""
+            if factory is not None
+            else (" or give data: --calib DATA (--recover lsq is then the default)")
+        )
         section["warning"] = (
-            f"the pruned model's outputs moved far from the original's ({100 * worst:.0f}% "
+            f"the pruned model's outputs moved far from the original's ({100 * worst:.1f}% "
             f"< {100 * FIDELITY_FLOOR:.0f}%): accuracy is likely lost. Prune less "
-            "(--latency-budget nearer 1, a lower --ratio) or give data: --calib DATA "
-            "(--recover lsq is then the default), and check with --eval"
+            f"(--latency-budget nearer 1, a lower --ratio){hint}, and check with --eval"
         )
     return section
