@@ -27,14 +27,16 @@ log = logging.getLogger(__name__)
 STEPS = 5  # bisection steps after the requested budget: 1/32 of the interval
 
 
-GUARD_COSINE = 0.95  # the default job's floor on output cosine with the original
+GUARD_COSINE = 0.95  # the default job's floor on output cosine and top-1 agreement
 
 
 def accuracy_drop(report: dict[str, Any]) -> float:
     """Points of top-1 lost (or of disagreement with the original, for unlabelled data);
     without ``--eval``, points of output cosine lost on the data at hand (the guard)."""
     if "accuracy" not in report:
-        return 100.0 * (1.0 - report.get("fidelity", {}).get("cosine", 1.0))
+        fid = report.get("fidelity", {})
+        agree = fid.get("top1_agreement")
+        return 100.0 * (1.0 - min(fid.get("cosine", 1.0), 1.0 if agree is None else agree))
     acc = report["accuracy"]
     if acc.get("top1") is not None:
         before, after = acc["top1"]
@@ -87,7 +89,7 @@ def prune_within_accuracy(model, opts: PruneOptions, **kwargs: Any):
             chosen, fraction, hi = result, mid, mid
         else:
             lo = mid
-    metric = "top-1 points (--eval)" if opts.eval_data is not None else "output cosine points"
+    metric = "top-1 points (--eval)" if opts.eval_data is not None else "points of output agreement"
     search = {"max_accuracy_drop": limit, "metric": metric, "trials": trials,
               "requested": first, "chosen": fraction}  # fmt: skip
     if chosen is None:

@@ -4,8 +4,8 @@ Run after every pruning job so that a destroyed model is never written silently:
 calibration data when given, else on seeded synthetic N(0, 1) inputs at the planning
 shape (labelled as such in the report: synthetic inputs say whether the function
 changed, not what the accuracy is). Two measures on the first output: the top-1
-agreement where it is a (N, classes) score matrix, and the mean cosine similarity of each
-sample's output with the original's.
+agreement of the class scores (per position for sequences and maps, see ``_class_axis``),
+and the mean cosine similarity of each sample's output with the original's.
 """
 
 from __future__ import annotations
@@ -48,6 +48,17 @@ def synthetic_batches(model: onnx.ModelProto, seed: int = 0) -> list[dict[str, n
     ]
 
 
+def _class_axis(scores: np.ndarray) -> int | None:
+    """Where the per-position class scores are: (N, C) and (N, T, C) sequences (CTC
+    recognizers) on the last axis, (N, C, H, W) segmentation maps on axis 1; None for
+    single-channel maps and anything else (cosine only)."""
+    if scores.ndim in (2, 3) and scores.shape[-1] > 1:
+        return scores.ndim - 1
+    if scores.ndim == 4 and scores.shape[1] > 1:
+        return 1
+    return None
+
+
 def output_fidelity(
     original: onnx.ModelProto,
     pruned: onnx.ModelProto,
@@ -64,8 +75,10 @@ def output_fidelity(
         fa, fb = a.reshape(n, -1), b.reshape(n, -1)
         norm = np.linalg.norm(fa, axis=1) * np.linalg.norm(fb, axis=1)
         cos.extend(np.where(norm > 0, (fa * fb).sum(axis=1) / np.maximum(norm, 1e-30), 1.0))
-        if a.ndim == 2 and a.shape[1] > 1:
-            agree.extend(a.argmax(axis=1) == b.argmax(axis=1))
+        axis = _class_axis(a)
+        if axis is not None:
+            same = a.argmax(axis=axis) == b.argmax(axis=axis)
+            agree.extend(same.reshape(n, -1).mean(axis=1))
         seen += n
         if seen >= limit:
             break
