@@ -94,14 +94,18 @@ def _latency_lines(report: dict[str, Any]) -> list[str]:
     if measured:
         m0, m1 = measured["original"], measured["pruned"]
         lines.append(
-            f"latency measured here:  {m0['median_ms']:.3f} ms (spread {100 * m0['spread']:.0f}%)"
-            f" -> {m1['median_ms']:.3f} ms (spread {100 * m1['spread']:.0f}%)"
-            f" ({m0['median_ms'] / m1['median_ms']:.2f}x)"
+            f"latency measured here:  {m0['median_ms']:.3f} ms{_spread(m0)}"
+            f" -> {m1['median_ms']:.3f} ms{_spread(m1)} ({m0['median_ms'] / m1['median_ms']:.2f}x)"
         )
         if m1["median_ms"] > m0["median_ms"]:
             # The one outcome this tool exists to prevent: say it, never hide it.
             lines.append(_SLOWER_WARNING)
     return lines + budget_lines(report)
+
+
+def _spread(timing: dict[str, Any]) -> str:
+    spread = timing.get("spread")
+    return "" if spread is None else f" (spread {100 * spread:.0f}%)"
 
 
 def _accuracy_lines(report: dict[str, Any]) -> list[str]:
