@@ -124,8 +124,8 @@ def prune(
     )
     _add_sections(report, opts, cost, backend, mod, planned.plan, source, out, written)
     report["output"] = output_section(written, kept)
-    if latency_note:
-        report["latency"] = {"note": latency_note}
+    if latency_note and "predicted" not in report.get("latency", {}):
+        report.setdefault("latency", {})["note"] = latency_note
     if comp is not None:
         report["bias_compensation"] = comp.summary()
     _add_fidelity(report, source, written, factory)
@@ -133,16 +133,17 @@ def prune(
 
 
 def _cost_model(opts: PruneOptions, source: onnx.ModelProto, progress):
-    """(cost model, backend, note). Planning by latency needs the cost model; every other
-    method gets one too when timing is on, so that every summary shows predicted and
-    measured latency (methods compare from their summaries); where a baseline's model
-    cannot be timed (a symbolic input), the note says why and pruning goes on."""
+    """(cost model, backend, note). Planning by latency needs the cost model. The
+    hardware-blind methods are timed too (original and result, interleaved: cheap), and
+    predicted where the target's model needs no profiling (mali, shipped profiles), so
+    their summaries compare with the latency planner's; where a model cannot be timed
+    (a symbolic input), the note says why and pruning goes on."""
     if opts.needs_cost_model():
         return (*_latency.cost_model(opts, source, progress), "")
     if not opts.measure:
         return None, None, ""
     try:
-        return (*_latency.cost_model(opts, source, progress), "")
+        return (*_latency.baseline_latency(opts, source), _latency.BASELINE_NOTE)
     except UserError as exc:
         return None, None, f"latency not predicted or measured: {exc}"
 
@@ -192,14 +193,15 @@ def _plan(
 
 
 def _add_sections(report, opts, cost, backend, mod, plan, source, out, written) -> None:
+    latency: dict = {}
     if cost is not None:
-        report["latency"] = {
-            "predicted": _latency.predicted_section(cost, mod.graph, mod.groups, plan)
-        }
-        if opts.measure and backend is not None:
-            report["latency"]["measured"] = _latency.measured_section(
-                backend, {"original": source, "pruned": out}
-            )
+        latency["predicted"] = _latency.predicted_section(cost, mod.graph, mod.groups, plan)
+    if opts.measure and backend is not None:
+        latency["measured"] = _latency.measured_section(
+            backend, {"original": source, "pruned": out}
+        )
+    if latency:
+        report["latency"] = latency
     if opts.eval_data is not None:
         report["accuracy"] = _data.accuracy_section(opts, source, written)
 

@@ -83,13 +83,13 @@ def _latency_lines(report: dict[str, Any]) -> list[str]:
     latency = report.get("latency")
     if not latency:
         return []
-    if "predicted" not in latency:
-        return [latency.get("note", "latency: not predicted")]
-    before, after = latency["predicted"]["network_ms"]
-    target, source = latency["predicted"]["target"], latency["predicted"]["source"]
-    lines = [f"latency on {target}, predicted: {before:.3f} ms -> {after:.3f} ms "
-             f"({before / after:.2f}x; {source})"]  # fmt: skip
-    lines += provenance_lines(latency["predicted"].get("provenance"))
+    lines = [latency["note"]] if "note" in latency else []
+    if "predicted" in latency:
+        before, after = latency["predicted"]["network_ms"]
+        target, source = latency["predicted"]["target"], latency["predicted"]["source"]
+        lines += [f"latency on {target}, predicted: {before:.3f} ms -> {after:.3f} ms "
+                  f"({before / after:.2f}x; {source})"]  # fmt: skip
+        lines += provenance_lines(latency["predicted"].get("provenance"))
     measured = latency.get("measured")
     if measured:
         m0, m1 = measured["original"], measured["pruned"]

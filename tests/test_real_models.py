@@ -73,18 +73,21 @@ def test_ratio_job_never_crashes(name, corpus_cache, tmp_path, capsys):
                "--no-measure")  # fmt: skip
 
 
-def test_ratio_job_reports_predicted_and_measured_latency(corpus_cache, tmp_path, capsys):
-    """Baselines get the same latency lines as the latency planner, to compare methods."""
+def test_ratio_job_reports_latency(corpus_cache, tmp_path, capsys):
+    """Baselines are timed (cpu) and predicted where no profiling is needed (mali), so
+    their summaries compare with the latency planner's."""
     model = corpus_model("torch_resnet18", corpus_cache)
-    out, db = tmp_path / "out.onnx", str(corpus_cache / "profiles.sqlite")
-    args = [str(model.path), str(out), *model.shape_args(), "--ratio", "0.3", "--threads", "1",
-            "--profile-db", db]  # fmt: skip
-    assert main(args) == 0
+    out = tmp_path / "out.onnx"
+    common = [str(model.path), str(out), *model.shape_args(), "--ratio", "0.3"]
+    assert main([*common, "--threads", "1"]) == 0
     summary = capsys.readouterr().out
-    assert "latency on cpu, predicted:" in summary
     assert "latency measured here:" in summary
-    assert "layer points after pruning:" in summary
+    assert "latency predicted: not for a hardware-blind method" in summary
     assert "OUT accepts: images [batch, 3, height, width]" in summary
+    assert main([*common, "--target", "mali"]) == 0
+    summary = capsys.readouterr().out
+    assert "latency on mali, predicted:" in summary
+    assert "layer points after pruning: 0 measured" in summary
 
 
 @pytest.mark.parametrize("name", _marks(CORPUS, FAST_CPU))
