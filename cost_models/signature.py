@@ -13,8 +13,11 @@ deployment runtime does.
 Channel axes by ``group_kind``:
 - ``dense``: in and out vary independently.
 - ``depthwise``: ``group == in_channels``; out = in * ``multiplier``; one tied axis.
-- ``grouped``: fixed channels per group (``in_per_group``/``out_per_group``); pruning
-  removes whole groups, so the axis is the group count.
+- ``grouped``: ``groups`` groups (1 < groups < in), each of ``in_per_group`` in and
+  ``out_per_group`` out channels at full size. Pruning keeps the group count and narrows
+  every group (the channel-group analysis couples position b of every group), so in and
+  out stay multiples of ``groups``. Older profiles (``groups`` = 0) took the group count
+  from ``in_per_group``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 
 import onnx_graphsurgeon as gs
@@ -56,6 +60,7 @@ class LayerSignature:
         activation: fused activation op type or ``""``; ``activation_params`` its
             attributes (Clip min/max, LeakyRelu alpha...).
         output_padding: ConvTranspose only.
+        groups: the group count of a ``grouped`` conv (0 elsewhere).
     """
 
     op: str
@@ -74,10 +79,16 @@ class LayerSignature:
     activation: str = ""
     activation_params: tuple[float, ...] = ()
     output_padding: tuple[int, ...] = field(default=())
+    groups: int = 0
 
     def to_dict(self) -> dict:
-        """Plain JSON-able dict (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        """Plain JSON-able dict (tuples become lists); ``groups`` only where set, so the
+        keys of every other signature (and the profiles stored under them) stay valid."""
+        return {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in asdict(self).items()
+            if k != "groups" or v
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> LayerSignature:
@@ -190,11 +201,11 @@ def _conv_signature(node: gs.Node) -> tuple[LayerSignature, int, int]:
     group = int(node.attrs.get("group", 1))
     cin = int(x.shape[1])
     cout = int(w.shape[0]) if node.op == "Conv" else int(w.shape[1]) * group
-    kind, mult, ipg, opg = "dense", 1, 0, 0
+    kind, mult, ipg, opg, groups = "dense", 1, 0, 0, 0
     if group > 1 and group == cin:
-        kind, mult = "depthwise", cout // cin
+        kind, mult = "depthwise", max(1, cout // cin)
     elif group > 1:
-        kind, ipg, opg = "grouped", cin // group, cout // group
+        kind, ipg, opg, groups = "grouped", cin // group, cout // group, group
     sig = LayerSignature(
         op=node.op,
         kernel=tuple(int(k) for k in w.shape[2:]),
@@ -210,6 +221,7 @@ def _conv_signature(node: gs.Node) -> tuple[LayerSignature, int, int]:
         dtype=str(w.dtype),
         bias=len(node.inputs) > 2,
         output_padding=tuple(node.attrs.get("output_padding", ())),
+        groups=groups,
     )
     return sig, cin, cout
 
@@ -270,7 +282,10 @@ def _replace(sig: LayerSignature, **changes) -> LayerSignature:
 
 
 def layer_shapes(sig: LayerSignature, in_ch: int, out_ch: int):
-    """(input shape, weight shape, group) of the layer at (in_ch, out_ch)."""
+    """(input shape, weight shape, group) of the layer at (in_ch, out_ch).
+
+    Never divides by zero: a grouped layer's group count is reduced to a common divisor
+    of the counts asked for (any count a pruned model can have is a multiple of it)."""
     if sig.op in ("Gemm", "MatMul"):
         x = (sig.batch, *sig.input_hw, in_ch)
         w = (out_ch, in_ch) if sig.op == "Gemm" else (in_ch, out_ch)
@@ -279,7 +294,9 @@ def layer_shapes(sig: LayerSignature, in_ch: int, out_ch: int):
     if sig.group_kind == "depthwise":
         group, out_ch = in_ch, in_ch * sig.multiplier
     elif sig.group_kind == "grouped":
-        group = in_ch // sig.in_per_group
+        group = sig.groups or max(1, in_ch // max(1, sig.in_per_group))
+        group = math.gcd(group, in_ch, out_ch) or 1
+    group = max(1, group)
     x = (sig.batch, in_ch, *sig.input_hw)
     if sig.op == "Conv":
         w = (out_ch, in_ch // group, *sig.kernel)

@@ -203,13 +203,24 @@ class StaircaseModel:
 
     def latency(self, in_ch: int, out_ch: int) -> Estimate:
         """Predicted latency at (``in_ch``, ``out_ch``) with its provenance."""
+        if self.group_kind != "dense" and self.axis("ch") is None and self.per_ch[0] > 1:
+            return self._macs_scaled(in_ch, out_ch)
         if self.group_kind != "dense":
-            return self._axis_latency("ch", in_ch // self.per_ch[0], self.full_in // self.per_ch[0])
+            unit = max(1, self.per_ch[0])
+            return self._axis_latency("ch", in_ch // unit, self.full_in // unit)
         if in_ch == self.full_in:
             return self._axis_latency("out", out_ch, self.full_out)
         if out_ch == self.full_out:
             return self._axis_latency("in", in_ch, self.full_in)
         return Estimate(self._off_axis(in_ch, out_ch, self.blend), "estimated")
+
+    def _macs_scaled(self, in_ch: int, out_ch: int) -> Estimate:
+        """A grouped conv whose group count stays fixed: MACs scale with in * out. Only
+        the full point is measured (see the profiler); the rest is an estimate."""
+        if (in_ch, out_ch) == (self.full_in, self.full_out):
+            return Estimate(self.full_ms, "measured")
+        share = in_ch * out_ch / max(1, self.full_in * self.full_out)
+        return Estimate(self.full_ms * share, "estimated")
 
     def _off_axis(self, in_ch: int, out_ch: int, blend: float) -> float:
         # Both axes pruned: between the product (pure compute, latency ~ in * out) and the

@@ -15,7 +15,7 @@ from onnx_hwprune.passes.analysis.groups import ChannelGroups
 from onnx_hwprune.passes.plan._channels import ChannelMap
 from onnx_hwprune.passes.plan.plan import Plan
 
-__all__ = ["cost_model", "predicted_section", "measured_section"]
+__all__ = ["cost_model", "baseline_latency", "predicted_section", "measured_section"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,25 @@ def _measured(opts: PruneOptions, static: onnx.ModelProto, db, progress):
     return build_cost_model(static, backend, opts.target, db, progress=progress), backend
 
 
+BASELINE_NOTE = (
+    "latency predicted: not for a hardware-blind method on a measured target (it would "
+    "profile every layer); add --snap, or compare with --method latency"
+)
+
+
+def baseline_latency(opts: PruneOptions, source: onnx.ModelProto):
+    """(cost model or None, backend or None) for uniform/global: the cost model where it
+    costs no profiling, the backend to time the original and the result."""
+    from onnx_hwprune.frontends.onnx import with_static_inputs
+    from onnx_hwprune.runtime.gpu_targets import shipped_profiles
+    from onnx_hwprune.runtime.targets import get_target
+
+    if opts.target == "mali" or opts.target in shipped_profiles():
+        return cost_model(opts, source)
+    with_static_inputs(source)  # a symbolic spatial dim fails here, with the hint
+    return None, get_target(opts.target).make_backend(threads=opts.threads)
+
+
 def source_of(cost, target: str) -> str:
     """Where the numbers come from, for reports."""
     from onnx_hwprune.runtime.gpu_targets import describe_shipped_profile
@@ -99,6 +118,7 @@ def predicted_section(cost, graph, groups: ChannelGroups, plan: Plan) -> dict[st
         "target": cost.target,
         "source": source_of(cost, cost.target),
         "network_ms": [before["total_ms"], after["total_ms"]],
+        "provenance": [before.get("provenance"), after.get("provenance")],
         "residual_ms": cost.residual_ms,
         "layers": layers,
     }

@@ -20,6 +20,8 @@ from typing import Any
 import onnx
 
 from onnx_hwprune import _data, _latency
+from onnx_hwprune._dynamic import keep_model_dims, output_section
+from onnx_hwprune.errors import UserError
 from onnx_hwprune.frontends.onnx import ModelSource, export_model, load_graph, verify_model
 from onnx_hwprune.options import PruneOptions
 from onnx_hwprune.passes._infra import Module, Pass, PassContext, Sequential
@@ -29,7 +31,12 @@ from onnx_hwprune.passes.analysis.importance import ChannelImportance
 from onnx_hwprune.passes.analysis.stats import model_stats
 from onnx_hwprune.passes.plan.latency import SnapPass
 from onnx_hwprune.passes.plan.methods import PlanRequest, get_method
-from onnx_hwprune.passes.transform.remove_channels import RemoveChannels
+from onnx_hwprune.passes.transform.bias_compensation import (
+    Compensation,
+    apply_deltas,
+    compensation_deltas,
+)
+from onnx_hwprune.passes.transform.remove_channels import RemoveChannels, kept_positions
 from onnx_hwprune.report import build_report
 
 __all__ = ["PruneResult", "prune", "planning_passes"]
@@ -75,39 +82,98 @@ def prune(
     opts = replace(options or PruneOptions(), **option_values)
     opts.validate()
     ctx = ctx or PassContext.current()
+    from onnx_hwprune._accuracy_search import guard_applies, prune_within_accuracy
+
+    if (opts.max_accuracy_drop is not None and opts.eval_data is not None) or guard_applies(opts):
+        return prune_within_accuracy(model, opts, ctx=ctx, progress=progress)
     mod = ChannelGroupAnalysis()(Module(load_graph(model, opts.input_shapes)), ctx)
     if not mod.groups.prunable:
         reason = "no prunable channel group: " + _frozen_summary(mod)
         return PruneResult(None, None, {"options": opts.to_json(), "reason": reason}, reason)
     source = export_model(mod.graph)  # the names every later step refers to
     factory = _data.calibration(opts, source)
-    cost = backend = None
+    cost, backend, latency_note = _cost_model(opts, source, progress)
     if opts.needs_cost_model():
-        cost, backend = _latency.cost_model(opts, source, progress)
         ctx = replace(ctx, cost_model=cost, target=_target(opts))
     planned = _plan(opts, mod, factory, ctx)
-    pruned_mod = RemoveChannels()(planned, ctx)
-    out = export_model(pruned_mod.graph)
+    comp = _compensation(opts, planned)
+    pruned_graph = _remove(planned, ctx, comp)
+    out = export_model(pruned_graph)  # at the planning shapes: what latency is measured on
+    written, kept = out, None
+    if opts.input_shapes and not opts.fix_input_shape:
+        kept = keep_model_dims(model, planned.plan, lambda m: export_model(_remove(m, ctx, comp)))
+        written = kept.model or out
     recovery = None
     if opts.resolved_recover():
-        out, recovery = _data.recover_model(opts, source, out, mod.groups, planned.plan, factory)
+        rec_source, rec_groups = (
+            (kept.source, kept.module.groups) if kept and kept.model else (source, mod.groups)
+        )
+        written, recovery = _data.recover_model(
+            opts, rec_source, written, rec_groups, planned.plan, factory
+        )
     pruned_float = None
     if opts.quantize:
-        pruned_float, out = out, _data.quantize_model(opts, out, factory)
-    verify_model(out)
+        pruned_float, written = written, _data.quantize_model(opts, written, factory)
+    verify_model(written)
     report = build_report(
         mod.groups,
         planned.plan,
         model_stats(mod.graph),
-        model_stats(pruned_mod.graph),
+        model_stats(pruned_graph),
         opts.to_json(),
     )
-    _add_sections(report, opts, cost, backend, mod, planned.plan, source, out)
+    _add_sections(report, opts, cost, backend, mod, planned.plan, source, out, written)
     if pruned_float is not None:
-        _add_quantize_section(report, opts, source, pruned_float, out)
+        _add_quantize_section(report, opts, source, pruned_float, written)
     if recovery is not None:
         report["recovery"] = recovery
-    return PruneResult(out, planned.plan, report)
+    report["output"] = output_section(written, kept)
+    if latency_note and "predicted" not in report.get("latency", {}):
+        report.setdefault("latency", {})["note"] = latency_note
+    if comp is not None:
+        report["bias_compensation"] = comp.summary()
+    _add_fidelity(report, source, written, factory)
+    return PruneResult(written, planned.plan, report)
+
+
+def _cost_model(opts: PruneOptions, source: onnx.ModelProto, progress):
+    """(cost model, backend, note). Planning by latency needs the cost model. The
+    hardware-blind methods are timed too (original and result, interleaved: cheap), and
+    predicted where the target's model needs no profiling (mali, shipped profiles), so
+    their summaries compare with the latency planner's; where a model cannot be timed
+    (a symbolic input), the note says why and pruning goes on."""
+    if opts.needs_cost_model():
+        return (*_latency.cost_model(opts, source, progress), "")
+    if not opts.measure:
+        return None, None, ""
+    try:
+        return (*_latency.baseline_latency(opts, source), _latency.BASELINE_NOTE)
+    except UserError as exc:
+        return None, None, f"latency not predicted or measured: {exc}"
+
+
+def _add_fidelity(report: dict, source, written, factory) -> None:
+    from onnx_hwprune.runtime.fidelity import fidelity_section
+
+    section = fidelity_section(source, written, factory)
+    if section is not None:
+        report["fidelity"] = section
+        if "warning" in section:
+            log.warning("%s", section["warning"])
+
+
+def _compensation(opts: PruneOptions, planned: Module) -> Compensation | None:
+    if not opts.effective_bias_compensation or not planned.plan.pruned_groups():
+        return None
+    return compensation_deltas(planned.graph, planned.groups, planned.plan)
+
+
+def _remove(planned: Module, ctx: PassContext, comp: Compensation | None):
+    """The pruned graph, with the removed channels' expected contribution in the biases."""
+    graph = RemoveChannels()(planned, ctx).graph
+    if comp is not None:
+        apply_deltas(graph, comp, kept_positions(planned.groups, planned.plan))
+    return graph
 
 
 def _target(opts: PruneOptions):
@@ -128,17 +194,18 @@ def _plan(opts: PruneOptions, mod: Module, factory, ctx: PassContext) -> Module:
     return Sequential(planning_passes(opts), "plan")(mod, ctx)
 
 
-def _add_sections(report, opts, cost, backend, mod, plan, source, out) -> None:
+def _add_sections(report, opts, cost, backend, mod, plan, source, out, written) -> None:
+    latency: dict = {}
     if cost is not None:
-        report["latency"] = {
-            "predicted": _latency.predicted_section(cost, mod.graph, mod.groups, plan)
-        }
-        if opts.measure and backend is not None:
-            report["latency"]["measured"] = _latency.measured_section(
-                backend, {"original": source, "pruned": out}
-            )
+        latency["predicted"] = _latency.predicted_section(cost, mod.graph, mod.groups, plan)
+    if opts.measure and backend is not None:
+        latency["measured"] = _latency.measured_section(
+            backend, {"original": source, "pruned": out}
+        )
+    if latency:
+        report["latency"] = latency
     if opts.eval_data is not None:
-        report["accuracy"] = _data.accuracy_section(opts, source, out)
+        report["accuracy"] = _data.accuracy_section(opts, source, written)
 
 
 def _add_quantize_section(report, opts, source, pruned_float, out) -> None:

@@ -54,10 +54,19 @@ class PruneOptions:
     ridge: float = 1e-3
     recover_steps: int = 300  # distill: Adam steps at most
     recover_time: float | None = None  # distill: seconds at most
-    max_accuracy_drop: float | None = None  # auto: largest agreement loss accepted (0.01)
     eval_data: str | os.PathLike | None = None
     quantize: str | None = None  # "int8": onnxruntime's quantize_static after recovery
     input_shapes: Mapping[str, Sequence[int]] | None = field(default=None)
+    # --input-shape fixes dims for measuring and planning; the written model keeps the
+    # model's own (dynamic) dims unless this is set.
+    fix_input_shape: bool = False
+    # Data-free bias compensation from BatchNorm statistics; None: on without --calib.
+    bias_compensation: bool | None = None
+    # Points of top-1 (or of agreement with the original) the job may lose: with eval_data
+    # the budget is bisected to the fastest plan within it; --recover auto aims at it.
+    max_accuracy_drop: float | None = None
+    # Relax the *default* budget when outputs move too far (None: on for the default job).
+    guard: bool | None = None
 
     def __post_init__(self) -> None:
         # The API takes a budget as text too ("0.6", "12ms"), as the CLI does.
@@ -77,6 +86,12 @@ class PruneOptions:
     @property
     def effective_ratio(self) -> float:
         return DEFAULT_RATIO if self.ratio is None else self.ratio
+
+    @property
+    def effective_bias_compensation(self) -> bool:
+        if self.bias_compensation is not None:
+            return self.bias_compensation
+        return self.resolved_recover() is None
 
     @property
     def effective_budget(self) -> LatencyBudget:
@@ -115,8 +130,14 @@ class PruneOptions:
             raise UserError("--memory-budget needs --method latency with --planner exact")
         if self.recover not in (None, *RECOVER_CHOICES):
             raise UserError(f"unknown --recover {self.recover!r}; choose from {RECOVER_CHOICES}")
-        if self.max_accuracy_drop is not None and not 0.0 <= self.max_accuracy_drop < 1.0:
-            raise UserError(f"--max-accuracy-drop must be in [0, 1), got {self.max_accuracy_drop}")
+        if self.max_accuracy_drop is not None and not 0.0 <= self.max_accuracy_drop < 100.0:
+            raise UserError(
+                f"--max-accuracy-drop is in points, in [0, 100), got {self.max_accuracy_drop}"
+            )
+        if self.max_accuracy_drop is not None and self.eval_data is None and self.calib is None:
+            # with --eval the budget is bisected on measured accuracy; with --calib only,
+            # --recover auto aims at it on held-back agreement
+            raise UserError("--max-accuracy-drop needs --eval or --calib data")
         if self.recover not in (None, "none") and self.calib is None:
             raise UserError(f"--recover {self.recover} needs calibration data (--calib)")
         if self.quantize is not None and self.calib is None:
@@ -135,4 +156,6 @@ class PruneOptions:
             "planner": self.planner if self.resolved_method() == "latency" else None,
             "memory_budget": str(self.memory_budget) if self.memory_budget else None,
             "quantize": self.quantize,
+            "bias_compensation": self.effective_bias_compensation,
+            "fix_input_shape": self.fix_input_shape,
         }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from onnx_hwprune._summary import budget_lines, guard_lines, provenance_lines
 from onnx_hwprune._version import __version__
 from onnx_hwprune.passes.analysis.groups import ChannelGroups
 from onnx_hwprune.passes.analysis.stats import ModelStats
@@ -82,18 +83,29 @@ def _latency_lines(report: dict[str, Any]) -> list[str]:
     latency = report.get("latency")
     if not latency:
         return []
-    before, after = latency["predicted"]["network_ms"]
-    target, source = latency["predicted"]["target"], latency["predicted"]["source"]
-    lines = [f"latency on {target}, predicted: {before:.3f} ms -> {after:.3f} ms "
-             f"({before / after:.2f}x; {source})"]  # fmt: skip
+    lines = [latency["note"]] if "note" in latency else []
+    if "predicted" in latency:
+        before, after = latency["predicted"]["network_ms"]
+        target, source = latency["predicted"]["target"], latency["predicted"]["source"]
+        lines += [f"latency on {target}, predicted: {before:.3f} ms -> {after:.3f} ms "
+                  f"({before / after:.2f}x; {source})"]  # fmt: skip
+        lines += provenance_lines(latency["predicted"].get("provenance"))
     measured = latency.get("measured")
     if measured:
-        m0, m1 = measured["original"]["median_ms"], measured["pruned"]["median_ms"]
-        lines.append(f"latency measured here:  {m0:.3f} ms -> {m1:.3f} ms ({m0 / m1:.2f}x)")
-        if m1 > m0:
+        m0, m1 = measured["original"], measured["pruned"]
+        lines.append(
+            f"latency measured here:  {m0['median_ms']:.3f} ms{_spread(m0)}"
+            f" -> {m1['median_ms']:.3f} ms{_spread(m1)} ({m0['median_ms'] / m1['median_ms']:.2f}x)"
+        )
+        if m1["median_ms"] > m0["median_ms"]:
             # The one outcome this tool exists to prevent: say it, never hide it.
             lines.append(_SLOWER_WARNING)
-    return lines
+    return lines + budget_lines(report)
+
+
+def _spread(timing: dict[str, Any]) -> str:
+    spread = timing.get("spread")
+    return "" if spread is None else f" (spread {100 * spread:.0f}%)"
 
 
 def _accuracy_lines(report: dict[str, Any]) -> list[str]:
@@ -133,6 +145,7 @@ def format_summary(report: dict[str, Any], max_rows: int = 12) -> str:
         *_latency_lines(report),
         *_planner_lines(report),
         *_accuracy_lines(report),
+        *guard_lines(report),
         "",
         f"{'layer':40s} {'op':8s} {'in':>11s} {'out':>11s}",
     ]

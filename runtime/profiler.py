@@ -127,6 +127,11 @@ def _reporter(progress: Progress | None, index: int, count: int, label: str):
 
 
 def _axes_to_profile(layer: Layer) -> tuple[str, ...]:
+    if layer.signature.group_kind == "grouped":
+        # Pruning narrows every group and keeps the count (see LayerSignature): two
+        # axes tied to multiples of the group count, which the axis search cannot probe.
+        # Only the full point is measured; other counts are a stated MACs-scaled estimate.
+        return ()
     if layer.signature.group_kind != "dense":
         return ("ch",) if layer.in_prunable or layer.out_prunable else ()
     return tuple(a for a, ok in (("in", layer.in_prunable), ("out", layer.out_prunable)) if ok)

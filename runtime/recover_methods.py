@@ -82,7 +82,9 @@ def run_recovery(
     if method == "auto":
         if not _has_torch():
             methods.pop("distill")
-        model, report = choose_recovery(source, pruned, methods, factory, opts.max_accuracy_drop)
+        drop = opts.max_accuracy_drop  # points; choose_recovery takes a fraction
+        max_drop = None if drop is None else drop / 100.0
+        model, report = choose_recovery(source, pruned, methods, factory, max_drop)
         section = report.to_json()
         if "distill" not in methods:
             section["note"] = "distill not tried: PyTorch is not installed"

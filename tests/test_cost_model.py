@@ -104,3 +104,17 @@ def test_prediction_report():
     rep = prediction_report([("a", 11.0, 10.0), ("b", 9.0, 10.0)])
     assert rep["mape"] == pytest.approx(0.1)
     assert rep["rows"][0]["error"] == pytest.approx(0.1)
+
+
+def test_grouped_conv_keeps_its_group_count_at_any_pruned_count():
+    """Pruning narrows every group of a grouped conv and keeps the count (the analysis
+    couples position b of every group): AlexNet's group=2 conv at 96 -> 2 channels."""
+    from onnx_hwprune.cost_models.signature import LayerSignature, layer_shapes
+
+    sig = LayerSignature(op="Conv", kernel=(3, 3), group_kind="grouped", in_per_group=48,
+                         out_per_group=128, groups=2, input_hw=(13, 13))  # fmt: skip
+    assert layer_shapes(sig, 96, 256) == ((1, 96, 13, 13), (256, 48, 3, 3), 2)
+    assert layer_shapes(sig, 2, 6) == ((1, 2, 13, 13), (6, 1, 3, 3), 2)
+    # a count the analysis never produces still gives a valid layer, never a division by 0
+    assert layer_shapes(sig, 3, 6)[2] == 1
+    assert "groups" not in LayerSignature(op="Conv").to_dict()  # old profile keys unchanged

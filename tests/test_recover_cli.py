@@ -58,6 +58,11 @@ def test_recovery_options_are_checked():
     assert PruneOptions(calib="c.npz").resolved_recover() == "auto"
     assert PruneOptions(calib="c.npz", recover="none").resolved_recover() is None
     assert PruneOptions().resolved_recover() is None
-    for bad in ({"recover": "magic", "calib": "c.npz"}, {"max_accuracy_drop": 1.5}):
+    bad_options = (
+        {"recover": "magic", "calib": "c.npz"},
+        {"max_accuracy_drop": 150.0, "calib": "c.npz"},  # points: at most 100
+        {"max_accuracy_drop": 1.5},  # needs --eval or --calib data
+    )
+    for bad in bad_options:
         with pytest.raises(UserError):
             PruneOptions(**bad).validate()

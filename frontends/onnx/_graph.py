@@ -288,7 +288,7 @@ def with_static_inputs(model: onnx.ModelProto, batch: int = 1) -> onnx.ModelProt
         if concrete[1:] and None in concrete[1:]:
             raise UserError(
                 f"input {value.name!r} has symbolic dimensions {[d.dim_param for d in dims]}; "
-                f"latency needs concrete ones: --input-shape {value.name}:1,C,H,W"
+                f"latency needs concrete ones: --input-shape {_shape_hint(value.name, dims)}"
             )
         if concrete and concrete[0] is None:
             concrete[0] = batch
@@ -298,3 +298,19 @@ def with_static_inputs(model: onnx.ModelProto, batch: int = 1) -> onnx.ModelProt
     _set_input_shapes(copy, shapes)
     del copy.graph.value_info[:]
     return _infer(copy)
+
+
+_DIM_LETTERS = ("N", "C", "H", "W")
+
+
+def _shape_hint(name: str, dims) -> str:
+    """``x:1,3,H,W``: the model's own dims where known, a letter where symbolic (batch 1)."""
+    parts = []
+    for i, d in enumerate(dims):
+        if d.HasField("dim_value"):
+            parts.append(str(d.dim_value))
+        elif i == 0:
+            parts.append("1")
+        else:
+            parts.append(_DIM_LETTERS[i] if len(dims) == 4 else f"D{i}")
+    return f"{name}:{','.join(parts)}"

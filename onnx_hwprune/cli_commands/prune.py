@@ -139,10 +139,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--calib: the cheapest meeting --max-accuracy-drop), none",
     )
     data.add_argument(
+        "--no-bias-compensation",
+        dest="bias_compensation",
+        action="store_false",
+        default=None,
+        help="without --calib, removed channels' expected activations (from BatchNorm "
+        "statistics) are folded into the consumers' biases; this turns that off",
+    )
+    data.add_argument(
         "--max-accuracy-drop",
         type=float,
-        metavar="F",
-        help="--recover auto: largest loss of agreement with the original accepted (0.01)",
+        metavar="P",
+        help="points of top-1 the job may lose: with --eval, the latency budget is bisected "
+        "for the fastest plan within P points of the original (agreement for unlabelled "
+        "data); --recover auto takes the cheapest method within P points of agreement",
     )
     data.add_argument(
         "--recover-steps", type=_positive_int, default=300, metavar="N",
@@ -162,6 +172,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=sorted(QUANTIZE_SCHEMES),
         help="after pruning and recovery, quantize with onnxruntime's quantize_static "
         "(QDQ, per-channel int8 weights) calibrated on --calib",
+    )
+    data.add_argument(
+        "--no-guard",
+        dest="guard",
+        action="store_false",
+        default=None,
+        help="keep the default budget even when it moves the outputs far from the "
+        "original's (by default it is relaxed until the output cosine stays >= 0.95)",
     )
     out = parser.add_argument_group("output")
     out.add_argument(
@@ -184,7 +202,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="NAME:D0,D1,...",
-        help="fix an input's shape (repeatable), e.g. input:1,3,224,224",
+        help="an input's shape for measuring and planning (repeatable), e.g. "
+        "input:1,3,224,224; OUT keeps the model's own dims unless --fix-input-shape",
+    )
+    out.add_argument(
+        "--fix-input-shape",
+        action="store_true",
+        help="write OUT with the --input-shape dims instead of the model's own",
     )
     out.add_argument("--quiet", action="store_true", help="no summary on stdout")
 
@@ -256,6 +280,9 @@ def _options(args: argparse.Namespace):
         eval_data=args.eval_data,
         quantize=args.quantize,
         input_shapes=parse_input_shapes(args.input_shape) or None,
+        fix_input_shape=args.fix_input_shape,
+        guard=args.guard,
+        bias_compensation=args.bias_compensation,
     )
 
 

@@ -8,6 +8,7 @@ cost models answer per layer; this is the bridge.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -18,6 +19,8 @@ from onnx_hwprune.passes.analysis.groups import ChannelGroups
 from onnx_hwprune.passes.analysis.stats import model_stats
 
 __all__ = ["LayerChannels", "ChannelMap"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -41,22 +44,28 @@ class ChannelMap:
     def __init__(self, graph: gs.Graph, groups: ChannelGroups, nodes: Iterable[str]) -> None:
         wanted = set(nodes)
         macs = {layer.node: layer.macs or 0 for layer in model_stats(graph).layers}
-        self.layers = tuple(
-            LayerChannels(
-                n.name,
-                (n.inputs[0].name, 1),
-                (n.outputs[0].name, 1),
-                macs.get(n.name, 0),
-                n.op == "Conv" and int(n.attrs.get("group", 1)) == _channels_of(n.inputs[0]) != 1,
-            )
-            for n in graph.nodes
-            if n.op in LAYER_OPS and n.name in wanted
-        )
         self.sizes = dict(groups.space_sizes)
-        tensors = graph.tensors()
-        for layer in self.layers:
-            for space in (layer.in_space, layer.out_space):
-                self.sizes.setdefault(space, int(tensors[space[0]].shape[space[1]]))
+        layers = []
+        for n in graph.nodes:
+            if n.op not in LAYER_OPS or n.name not in wanted:
+                continue
+            sizes = _layer_sizes(n, self.sizes)
+            if sizes is None:
+                # The cost model knows the layer but this graph does not say its channel
+                # counts (a symbolic or unknown shape): it is priced at full size.
+                log.info("%s: channel counts unknown here; priced unpruned", n.name)
+                continue
+            layer = LayerChannels(
+                n.name,
+                (n.inputs[0].name, _channel_axis(n.inputs[0], n.op)),
+                (n.outputs[0].name, _channel_axis(n.outputs[0], n.op)),
+                macs.get(n.name, 0),
+                n.op == "Conv" and int(n.attrs.get("group", 1)) == sizes[0] != 1,
+            )
+            self.sizes.setdefault(layer.in_space, sizes[0])
+            self.sizes.setdefault(layer.out_space, sizes[1])
+            layers.append(layer)
+        self.layers = tuple(layers)
         # space -> [(group name, positions per group channel)]
         self.width: dict[tuple[str, int], list[tuple[str, int]]] = {}
         for group in groups.prunable:
@@ -92,6 +101,26 @@ class ChannelMap:
         return round(total)
 
 
-def _channels_of(tensor: gs.Tensor) -> int | None:
+def _channel_axis(tensor: gs.Tensor, op: str) -> int:
+    """Axis 1 for conv activations; the last axis for a MatMul/Gemm's features."""
     shape = tensor.shape
-    return shape[1] if shape is not None and len(shape) > 1 and isinstance(shape[1], int) else None
+    return len(shape) - 1 if op in ("Gemm", "MatMul") and shape and len(shape) > 2 else 1
+
+
+def _layer_sizes(node: gs.Node, known: Mapping[tuple[str, int], int]) -> tuple[int, int] | None:
+    """(in, out) channels of a layer: from the analysis, else from its weight's dims
+    (activation shapes can be symbolic or missing on real exports), else None."""
+    spaces = [(t.name, _channel_axis(t, node.op)) for t in (node.inputs[0], node.outputs[0])]
+    if all(s in known for s in spaces):
+        return known[spaces[0]], known[spaces[1]]
+    weight = node.inputs[1] if len(node.inputs) > 1 else None
+    if not isinstance(weight, gs.Constant) or weight.values.ndim < 2:
+        return None
+    w = weight.values.shape
+    group = int(node.attrs.get("group", 1))
+    if node.op == "Conv":
+        return int(w[1]) * group, int(w[0])
+    if node.op == "ConvTranspose":
+        return int(w[0]), int(w[1]) * group
+    trans_b = node.op == "Gemm" and int(node.attrs.get("transB", 0)) == 1
+    return (int(w[1]), int(w[0])) if trans_b else (int(w[0]), int(w[1]))

@@ -92,7 +92,7 @@ class LatencyPlanner:
         min_channels: int = 1,
         tolerance: float = 0.01,
         channel_multiple: int = 1,
-        max_group_ratio: float = 0.9,
+        max_group_ratio: float = 0.75,
     ) -> None:
         self.cost, self.tolerance, self.multiple = cost, tolerance, max(1, channel_multiple)
         self.map = ChannelMap(graph, groups, layer_nodes)

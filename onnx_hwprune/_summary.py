@@ -1,0 +1,110 @@
+"""Summary lines that keep the report honest (issue 11): where the predicted numbers come
+from, whether the budget was met as measured, what the written file accepts, and how far
+the pruned model's outputs moved. Each reads one section of the JSON report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["provenance_lines", "budget_lines", "guard_lines", "MISS_TOLERANCE"]
+
+MISS_TOLERANCE = 0.05  # a measured result more than 5% over the budget is called a miss
+AGREEMENT_FLOOR = 0.9  # below this top-1 agreement (or cosine) the summary warns loudly
+
+
+def provenance_lines(provenance: list[dict[str, int] | None] | None) -> list[str]:
+    """``predicted from 9 layer points: 4 measured, 0 interpolated, 5 estimated``."""
+    if not provenance or provenance[-1] is None:
+        return []
+    after = provenance[-1]
+    total = sum(after.values())
+    parts = ", ".join(f"{after.get(k, 0)} {k}" for k in ("measured", "interpolated", "estimated"))
+    line = f"  predicted from {total} layer points after pruning: {parts}"
+    if after.get("estimated", 0) and after.get("measured", 0) + after.get("interpolated", 0):
+        line += " (estimated = not measured on the target)"
+    return [line]
+
+
+def budget_lines(report: dict[str, Any]) -> list[str]:
+    """Budget not reachable (predicted), or missed by more than 5% (measured)."""
+    meta = report.get("plan", {}).get("meta", {})
+    budget, predicted, full = meta.get("budget_ms"), meta.get("predicted_ms"), meta.get("full_ms")
+    if budget is None:
+        return []
+    lines = []
+    if predicted is not None and predicted > budget * (1 + 1e-6):
+        lines.append(
+            f"WARNING: budget {budget:.3f} ms not reachable within the per-group floor "
+            f"(plan.max_group_ratio): best predicted {predicted:.3f} ms"
+        )
+    measured = report.get("latency", {}).get("measured")
+    if measured and full:
+        m0, m1 = measured["original"]["median_ms"], measured["pruned"]["median_ms"]
+        target = budget / full * m0  # the budget as a share of the original, as measured
+        if m1 > target * (1 + MISS_TOLERANCE):
+            lines.append(
+                f"WARNING: measured {m1:.3f} ms misses the budget ({budget / full:.2f} of the "
+                f"measured original = {target:.3f} ms) by {100 * (m1 / target - 1):.0f}%"
+            )
+    return lines
+
+
+def guard_lines(report: dict[str, Any]) -> list[str]:
+    return (
+        _search_lines(report)
+        + _fidelity_lines(report)
+        + _compensation_lines(report)
+        + _output_lines(report)
+    )
+
+
+def _search_lines(report: dict[str, Any]) -> list[str]:
+    search = report.get("accuracy_search")
+    if not search or search.get("chosen") is None:
+        return []
+    asked, chosen = search["requested"], search["chosen"]
+    limit, metric = search["max_accuracy_drop"], search["metric"]
+    if chosen == asked:
+        return [f"accuracy check: budget {asked:.3f} kept within {limit:.1f} {metric}"]
+    return [
+        f"WARNING: budget relaxed from {asked:.3f} to {chosen:.3f} of the original's latency: "
+        f"tighter plans lost more than {limit:.1f} {metric} ({len(search['trials'])} trials; "
+        "give --latency-budget to insist, --calib DATA to recover accuracy)"
+    ]
+
+
+def _fidelity_lines(report: dict[str, Any]) -> list[str]:
+    fid = report.get("fidelity")
+    if not fid:
+        return []
+    parts = []
+    if fid.get("top1_agreement") is not None:
+        parts.append(f"top-1 agreement {100 * fid['top1_agreement']:.1f}%")
+    parts.append(f"output cosine {fid['cosine']:.3f}")
+    lines = [f"outputs vs the original on {fid['data']}: {', '.join(parts)}"]
+    if fid.get("warning"):
+        lines.append("WARNING: " + fid["warning"])
+    return lines
+
+
+def _compensation_lines(report: dict[str, Any]) -> list[str]:
+    comp = report.get("bias_compensation")
+    if not comp:
+        return []
+    skipped = len(comp["uncompensated_consumers"])
+    return [
+        f"bias compensation (data-free, BatchNorm statistics): "
+        f"{comp['removed_channels_compensated']} removed channel inputs folded into "
+        f"{comp['compensated_consumers']} consumers' biases"
+        + (f"; {skipped} consumers without statistics upstream" if skipped else "")
+    ]
+
+
+def _output_lines(report: dict[str, Any]) -> list[str]:
+    out = report.get("output")
+    if not out:
+        return []
+    shapes = "; ".join(
+        f"{name} [{', '.join(str(d) for d in dims)}]" for name, dims in out["input_shapes"].items()
+    )
+    return [f"OUT accepts: {shapes} ({out['dims']})"]

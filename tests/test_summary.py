@@ -1,0 +1,40 @@
+"""The summary's honesty lines (issue 11), on constructed report sections."""
+
+from __future__ import annotations
+
+from onnx_hwprune._summary import budget_lines, guard_lines, provenance_lines
+
+
+def _report(predicted: float, m0: float, m1: float) -> dict:
+    return {
+        "plan": {"meta": {"budget_ms": 7.0, "predicted_ms": predicted, "full_ms": 10.0}},
+        "latency": {"measured": {"original": {"median_ms": m0}, "pruned": {"median_ms": m1}}},
+    }
+
+
+def test_measured_miss_over_five_percent_warns():
+    # budget 0.7 of the original; measured original 20 ms -> target 14 ms
+    assert budget_lines(_report(7.0, 20.0, 14.6)) == []  # 4% over: within tolerance
+    (line,) = budget_lines(_report(7.0, 20.0, 15.0))
+    assert line.startswith("WARNING: measured 15.000 ms misses the budget") and "by 7%" in line
+
+
+def test_unreachable_budget_warns():
+    lines = budget_lines(_report(8.0, 20.0, 14.0))
+    assert any("not reachable" in line and "8.000" in line for line in lines)
+
+
+def test_provenance_counts_are_named():
+    (line,) = provenance_lines([None, {"measured": 4, "interpolated": 0, "estimated": 5}])
+    assert "9 layer points" in line and "4 measured" in line and "5 estimated" in line
+    assert "not measured" in line
+
+
+def test_fidelity_warning_and_output_shapes_are_shown():
+    report = {
+        "fidelity": {"data": "x", "cosine": 0.5, "top1_agreement": 0.3, "warning": "moved"},
+        "output": {"input_shapes": {"x": ["batch", 3, "H", "W"]}, "dims": "kept"},
+    }
+    lines = guard_lines(report)
+    assert "WARNING: moved" in lines
+    assert "OUT accepts: x [batch, 3, H, W] (kept)" in lines
