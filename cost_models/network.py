@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from onnx_hwprune.cost_models.staircase import Estimate, StaircaseModel
-from onnx_hwprune.errors import UserError
+from onnx_hwprune.errors import NothingToPrice
 
 if TYPE_CHECKING:  # signature.py reads graphs (onnx-graphsurgeon); the model needs none
     from onnx_hwprune.cost_models.signature import Layer
@@ -157,7 +157,7 @@ def layer_key(layer: Layer) -> tuple[str, int, int]:
 def require_layers(layers: Sequence[Layer], hint: str = "") -> None:
     """:class:`UserError` when there is nothing to price; ``hint`` says what works instead."""
     if not layers:
-        raise UserError(
+        raise NothingToPrice(
             "the model has no prunable Conv/Gemm/MatMul layer with constant weights" + hint
         )
 

@@ -21,7 +21,7 @@ import onnx
 
 from onnx_hwprune import _data, _latency
 from onnx_hwprune._dynamic import keep_model_dims, output_section
-from onnx_hwprune.errors import UserError
+from onnx_hwprune.errors import NothingToPrice, UserError
 from onnx_hwprune.frontends.onnx import ModelSource, export_model, load_graph, verify_model
 from onnx_hwprune.options import PruneOptions
 from onnx_hwprune.passes._infra import Module, Pass, PassContext, Sequential
@@ -92,7 +92,11 @@ def prune(
         return PruneResult(None, None, {"options": opts.to_json(), "reason": reason}, reason)
     source = export_model(mod.graph)  # the names every later step refers to
     factory = _data.calibration(opts, source)
-    cost, backend, latency_note = _cost_model(opts, source, progress)
+    try:
+        cost, backend, latency_note = _cost_model(opts, source, progress)
+    except NothingToPrice as exc:  # e.g. integer operators: no latency model, not bad input
+        reason = f"no layer the {opts.target} cost model can price: {exc}"
+        return PruneResult(None, None, {"options": opts.to_json(), "reason": reason}, reason)
     if opts.needs_cost_model():
         ctx = replace(ctx, cost_model=cost, target=_target(opts))
     planned = _plan(opts, mod, factory, ctx)

@@ -14,3 +14,9 @@ class UserError(Exception):
 
     The message must fit on one line and say what to do about it where that is known.
     """
+
+
+class NothingToPrice(UserError):
+    """The model has channels to prune but no layer the target's cost model can price
+    (integer operators, say). Not bad input: the job copies the model through unchanged
+    with this reason, as it does a model with nothing prunable."""

@@ -112,6 +112,9 @@ def test_cli_prunes_a_qoperator_model_by_ratio_and_explains_latency(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert {n.op_type for n in onnx.load(out).graph.node} >= {"QLinearConv", "QGemm"}
     out.unlink()
+    # The latency job cannot price integer operators: a valid model is not bad input, so it
+    # is copied through unchanged with the reason, which names what works instead.
     proc = cli(str(path), str(out), "--threads", "1", "--no-measure")
-    assert_bad_input(proc, "integer operators")
-    assert not out.exists()
+    assert proc.returncode == 0, proc.stderr
+    assert "integer operators" in proc.stdout and "--ratio" in proc.stdout
+    assert out.read_bytes() == path.read_bytes()

@@ -358,8 +358,11 @@ class ExactPlannerPass(Pass):
         settings = (ctx.get(f"plan.{k}") for k in ("time_limit", "max_levels", "mip_gap"))
         planner = ExactPlanner(base, mod.graph, *settings)
         full = base.predict({})
-        result = planner.plan(self.budget.resolve(full), self.memory)
-        meta = {**result.plan.meta, "budget": str(self.budget), "full_ms": full}
+        budget_ms = self.budget.resolve(full)
+        result = planner.plan(budget_ms, self.memory)
+        # the same keys as the greedy's plans: reports and the accuracy search read them
+        meta = {**result.plan.meta, "budget": str(self.budget), "budget_ms": budget_ms,
+                "full_ms": full}  # fmt: skip
         if self.memory is not None:
             meta["memory_budget"] = str(self.memory)
         return mod.replace(plan=Plan(result.plan.groups, "latency", result.plan.criterion, meta))
