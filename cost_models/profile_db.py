@@ -37,6 +37,13 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from onnx_hwprune.cost_models._db_guard import (
+    APPLICATION_ID,
+    OWN_TABLES,
+    FileLock,
+    inspect_existing,
+)
+from onnx_hwprune.cost_models._export_schema import check_export
 from onnx_hwprune.cost_models.signature import LayerSignature
 from onnx_hwprune.errors import UserError
 
@@ -45,6 +52,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Measurement",
     "ProfileDB",
+    "check_import",
     "default_db_path",
     "fingerprint_hash",
 ]
@@ -104,7 +112,13 @@ class ProfileDB:
     # -- lifecycle ---------------------------------------------------------------------
     def _open(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock: FileLock | None = None
         try:
+            stamp = inspect_existing(self.path, SCHEMA_VERSION)  # read-only; refuses foreign
+            self._lock = FileLock(self.path)
+            if self._lock.stale():  # a --rebuild moved the file while we waited: follow it
+                self._lock.release()
+                self._lock = FileLock(self.path)
             conn = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
             conn.execute(f"PRAGMA busy_timeout = {int(self.timeout_s * 1000)}")
             conn.execute("PRAGMA journal_mode = WAL")
@@ -114,11 +128,19 @@ class ProfileDB:
                 for statement in filter(str.strip, _SCHEMA.split(";")):
                     conn.execute(statement)
                 self._check_version(conn)
-        except sqlite3.DatabaseError as exc:
+                if stamp:
+                    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        except (sqlite3.DatabaseError, ValueError) as exc:
+            if self._lock is not None:
+                self._lock.release()
             raise UserError(
                 f"profile database {self.path} is unreadable ({exc}); "
                 "rerun with --rebuild to move it aside and start a new one"
             ) from None
+        except BaseException:
+            if self._lock is not None:
+                self._lock.release()
+            raise
         return conn
 
     def _check_version(self, conn: sqlite3.Connection) -> None:
@@ -139,6 +161,19 @@ class ProfileDB:
         """
         path = Path(path) if path is not None else default_db_path()
         backup = None
+        if path.exists() and path.stat().st_size:
+            _refuse_foreign(path)
+        lock = FileLock(path, exclusive=True) if path.exists() else None
+        try:
+            backup = cls._move_aside(path)
+        finally:
+            if lock is not None:
+                lock.release()
+        return cls(path), backup
+
+    @staticmethod
+    def _move_aside(path: Path) -> Path | None:
+        backup = None
         if path.exists():
             backup = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}.bak")
             path.rename(backup)
@@ -147,11 +182,13 @@ class ProfileDB:
                 if side.exists():
                     side.rename(backup.with_name(backup.name + suffix))
             logger.warning("moved %s aside to %s", path, backup)
-        return cls(path), backup
+        return backup
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connection (and drop the shared lock)."""
         self._conn.close()
+        if self._lock is not None:
+            self._lock.release()
 
     def __enter__(self) -> ProfileDB:
         return self
@@ -274,11 +311,7 @@ class ProfileDB:
 
     def import_json(self, doc: dict) -> int:
         """Merge an exported document; returns the number of measurements imported."""
-        if doc.get("format") != _FORMAT or doc.get("version") != EXPORT_VERSION:
-            raise UserError(
-                f"not an onnx-hwprune profile export of version {EXPORT_VERSION} "
-                f"(format={doc.get('format')!r}, version={doc.get('version')!r})"
-            )
+        check_export(doc, _FORMAT, EXPORT_VERSION)  # all or nothing: checked before storing
         fps = {(d["target"], d["fingerprint_hash"]): d["fingerprint"] for d in doc["devices"]}
         groups: dict[tuple, dict] = {}
         for m in doc["measurements"]:
@@ -291,6 +324,30 @@ class ProfileDB:
         for c in doc.get("calibrations", []):
             self.put_calibration(c["target"], c["fingerprint_hash"], c["model"], c["data"])
         return sum(len(p) for p in groups.values())
+
+
+def check_import(doc: object) -> None:
+    """Raise :class:`UserError` unless ``doc`` is an export this version can import."""
+    check_export(doc, _FORMAT, EXPORT_VERSION)
+
+
+def _refuse_foreign(path: Path) -> None:
+    """``--rebuild`` moves unreadable files aside, never a database of another program."""
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True)
+        try:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            tables = {
+                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError:
+        return  # not a database at all: moving it aside is what --rebuild is for
+    if app_id not in (0, APPLICATION_ID) or (app_id == 0 and tables - OWN_TABLES):
+        raise UserError(
+            f"{path} is not an onnx-hwprune profile database; --rebuild leaves it untouched"
+        )
 
 
 def fingerprint_hash(fingerprint: dict) -> str:

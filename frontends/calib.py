@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 import zipfile
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -401,10 +402,16 @@ def _sized(prep: Preprocess, shape: tuple[Dim, ...]) -> Preprocess:
 def _load_image(path: Path, prep: Preprocess) -> np.ndarray:
     """Decode, resize and normalize one image into a float32 CHW or HWC array."""
     try:
-        with Image.open(path) as image:
-            image = image.convert("L" if prep.order == "GRAY" else "RGB")
-            h, w = prep.size  # type: ignore[misc]
-            pixels = np.asarray(image.resize((w, h), Image.Resampling.BILINEAR), np.float32)
+        with warnings.catch_warnings():
+            # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that; either way a
+            # decompression bomb is bad input, not something to decode.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image = image.convert("L" if prep.order == "GRAY" else "RGB")
+                h, w = prep.size  # type: ignore[misc]
+                pixels = np.asarray(image.resize((w, h), Image.Resampling.BILINEAR), np.float32)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise UserError(f"refusing image {path}: {err}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise UserError(f"cannot read image {path}: {err}") from None
     pixels = pixels.reshape(h, w, -1)

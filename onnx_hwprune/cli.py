@@ -8,8 +8,10 @@ stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from types import ModuleType
@@ -57,9 +59,11 @@ def _top_help() -> str:
 
 
 def _dispatch(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv:  # a usage error like any other: one line on stderr, exit 2
+        raise UserError(f"give IN OUT to prune, or a verb ({', '.join(VERBS)}); see {PROG} --help")
+    if argv[0] in ("-h", "--help"):
         print(_top_help())
-        return 0 if argv else 2
+        return 0
     if argv[0] == "--version":
         print(f"{PROG} {__version__}")
         return 0
@@ -76,10 +80,23 @@ def _dispatch(argv: list[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        return _dispatch(list(sys.argv[1:] if argv is None else argv))
+        code = _dispatch(list(sys.argv[1:] if argv is None else argv))
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        return _closed_pipe()
     except UserError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+
+
+def _closed_pipe() -> int:
+    """The reader went away (``| head``): stop quietly with 141 (128 + SIGPIPE), as
+    ``cat`` and ``grep`` do, and keep Python from reporting the failed final flush."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return 141

@@ -15,6 +15,7 @@ import logging
 import threading
 
 from onnx_hwprune.errors import UserError
+from onnx_hwprune.runtime._rpc_trust import DEFAULT_RPC_BOARDS, CheckedBoardDB
 from onnx_hwprune.runtime.tvm_rpc import (
     RpcOptions,
     TvmRpcBackend,
@@ -63,7 +64,7 @@ def profile_through_tracker(
     wanted = free_boards(check_tracker(opts), opts.key)
     boards = [
         TvmRpcBackend(opts.tracker, opts.key, target_name, **backend_options(opts))
-        for _ in range(min(wanted, opts.max_boards or wanted))
+        for _ in range(min(wanted, opts.max_boards or DEFAULT_RPC_BOARDS))
     ]
     pool = _BoardPool(boards, layers, target_name, db.path, options, progress)
     survivors = pool.run()
@@ -71,7 +72,8 @@ def profile_through_tracker(
     try:
         for board in survivors:  # calibrate on the first board that is still there
             try:
-                return build_cost_model(model, board, target_name, db, options, progress)
+                checked = CheckedBoardDB(db, repr(board.opts.key))
+                return build_cost_model(model, board, target_name, checked, options, progress)
             except Exception as exc:
                 if not _is_board_failure(exc) or board is survivors[-1]:
                     raise
@@ -154,7 +156,8 @@ class _BoardPool:
         from onnx_hwprune.cost_models.profile_db import ProfileDB
         from onnx_hwprune.runtime.profiler import profile_layers
 
-        with ProfileDB(self.db_path) as db:
+        with ProfileDB(self.db_path) as plain:
+            db = CheckedBoardDB(plain, f"{self.boards.index(board)} of {board.opts.key!r}")
             while (item := self._next()) is not None:
                 index, layer = item
                 try:

@@ -76,7 +76,8 @@ def _has(module: str) -> Callable[[], tuple[bool, str]]:
     def check() -> tuple[bool, str]:
         # find_spec does not import: TVM's import time is only paid by TVM features.
         if importlib.util.find_spec(module) is None:
-            return False, f"python package {module!r} is not installed"
+            hint = " (pip install 'onnx-hwprune[tvm]')" if module == "tvm" else ""
+            return False, f"python package {module!r} is not installed{hint}"
         return True, ""
 
     return check

@@ -73,7 +73,7 @@ def check_emit(target_name: str, cross_compiler: str | os.PathLike | None = None
     import importlib.util
 
     if importlib.util.find_spec("tvm") is None:
-        raise UserError("--emit tvm needs apache-tvm: pip install apache-tvm")
+        raise UserError("--emit tvm needs apache-tvm: pip install 'onnx-hwprune[tvm]'")
     nvcc = shutil.which("nvcc") or os.environ.get("CUDA_HOME")
     if target.device == "cuda" and not nvcc:
         raise UserError(

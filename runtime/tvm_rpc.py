@@ -29,6 +29,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from onnx_hwprune.errors import UserError
+from onnx_hwprune.runtime._rpc_trust import (
+    DEFAULT_RPC_BOARDS,
+    MAX_RPC_BOARDS,
+    free_from_summary,
+    with_random_weights,
+)
 from onnx_hwprune.runtime.backend import Backend, Runnable
 
 if TYPE_CHECKING:
@@ -53,7 +59,7 @@ class RpcOptions:
     Attributes:
         tracker: ``HOST:PORT`` of the tracker; key: the boards' RPC key.
         connect_timeout_s: for reaching the tracker; request_timeout_s: for a free board.
-        max_boards: use at most this many boards of the key (``None``: all free ones).
+        max_boards: use at most this many boards of the key (``None``: DEFAULT_RPC_BOARDS).
         host_triple: LLVM triple of the boards' CPU for CPU targets (``None``: this host's).
         cross_compiler: C compiler linking the uploaded libraries (``None``: the host's,
             or ``aarch64-linux-gnu-gcc`` for ``mali``).
@@ -79,31 +85,42 @@ def check_tracker(opts: RpcOptions) -> dict:
     """The tracker's summary; :class:`UserError` if unreachable or if no board has
     registered ``opts.key``. Bounded by ``opts.connect_timeout_s``."""
     host, port = opts.address()
+    _rpc_module()  # TVM's import can take longer than the window under load: pay it first
     try:
         # TVM's own client retries refused connections for a minute; probe first.
         socket.create_connection((host, port), timeout=opts.connect_timeout_s).close()
     except OSError as exc:
         raise UserError(f"RPC tracker {host}:{port} is unreachable ({exc})") from None
     summary = _bounded(lambda: _tracker(opts).summary(), opts.connect_timeout_s, "tracker")
-    queue = summary.get("queue_info", {})
+    queue = summary.get("queue_info") if isinstance(summary, dict) else None
+    if not isinstance(queue, dict):
+        raise UserError(f"the RPC tracker at {opts.tracker} sent a malformed summary")
     if opts.key not in queue:
         keys = ", ".join(sorted(queue)) or "none"
         raise UserError(
             f"no board registered under key {opts.key!r} at {opts.tracker} (keys: {keys})"
         )
+    free_from_summary(summary, opts.key, MAX_RPC_BOARDS)  # malformed entries fail here
     return summary
 
 
 def free_boards(summary: dict, key: str) -> int:
-    """Boards of ``key`` the tracker can hand out now (at least 1: requests queue)."""
-    return max(1, int(summary["queue_info"][key].get("free", 0)))
+    """Boards of ``key`` the tracker can hand out now: at least 1 (requests queue), at
+    most :data:`MAX_RPC_BOARDS` whatever the tracker claims."""
+    return free_from_summary(summary, key, MAX_RPC_BOARDS)
+
+
+def _rpc_module():
+    try:
+        from tvm import rpc
+    except ImportError:
+        raise UserError("remote boards need apache-tvm: pip install 'onnx-hwprune[tvm]'") from None
+    return rpc
 
 
 def _tracker(opts: RpcOptions):
-    from tvm import rpc
-
     host, port = opts.address()
-    return rpc.connect_tracker(host, port)
+    return _rpc_module().connect_tracker(host, port)
 
 
 def _bounded(fn, timeout_s: float, what: str):
@@ -214,6 +231,8 @@ class TvmRpcBackend(Backend):
         from onnx_hwprune.runtime.ort_cpu import random_feeds
         from onnx_hwprune.runtime.tvm_emit import build_executable, export_executable
 
+        # The board gets the graph with random weights, never the user's (see _rpc_trust).
+        model = with_random_weights(model)
         exe = build_executable(model, self.target_dict())
         name = f"hwprune_{uuid.uuid4().hex[:12]}.so"
         local = Path(self._workdir.name) / name

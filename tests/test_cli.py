@@ -4,6 +4,7 @@ stderr, exit 2, nothing written, input untouched), determinism and atomic output
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -119,7 +120,7 @@ def test_bad_inputs(model_path, tmp_path):
     )
     corrupt = model_path.read_bytes()[: len(model_path.read_bytes()) // 2]
     assert_bad_input(cli(str(_write(tmp_path / "corrupt.onnx", corrupt)), str(out)), "ONNX")
-    assert_bad_input(cli(str(model_path), str(model_path)), "is the input file")
+    assert_bad_input(cli(str(model_path), str(model_path)), "is the same file as IN")
     assert_bad_input(
         cli(str(model_path), str(tmp_path / "no" / "such" / "dir.onnx")), "does not exist"
     )
@@ -194,7 +195,9 @@ def test_missing_cross_compiler_fails_before_writing(model_path, tmp_path):
     out = tmp_path / "out.onnx"
     proc = cli(str(model_path), str(out), "--ratio", "0.3", "--target", "mali", "--emit", "tvm",
                "--cross-compiler", str(tmp_path / "no-such-gcc"))  # fmt: skip
-    assert_bad_input(proc, "cross compiler")
+    # Without TVM (a core install) the same command stops one check earlier, as clearly.
+    has_tvm = importlib.util.find_spec("tvm") is not None
+    assert_bad_input(proc, "cross compiler" if has_tvm else "onnx-hwprune[tvm]")
     assert list(tmp_path.iterdir()) == []
 
 

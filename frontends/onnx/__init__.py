@@ -17,8 +17,16 @@ from onnx_hwprune.frontends.onnx._io import (
     write_bytes_atomic,
 )
 from onnx_hwprune.frontends.onnx._shapes import parse_input_shapes
+from onnx_hwprune.frontends.onnx._validate import (
+    MAX_INPUT_ELEMENTS,
+    check_runs_in_onnxruntime,
+    check_shape_overrides,
+)
 
 __all__ = [
+    "MAX_INPUT_ELEMENTS",
+    "check_runs_in_onnxruntime",
+    "check_shape_overrides",
     "MIN_OPSET",
     "ModelSource",
     "check_output_path",

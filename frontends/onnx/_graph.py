@@ -23,6 +23,7 @@ from onnx import shape_inference, version_converter
 
 from onnx_hwprune.errors import UserError
 from onnx_hwprune.frontends.onnx._io import ModelSource, read_model
+from onnx_hwprune.frontends.onnx._validate import check_shape_overrides
 
 __all__ = [
     "MIN_OPSET",
@@ -125,13 +126,9 @@ def _upgrade_opset(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def _set_input_shapes(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]) -> None:
     inputs = {i.name: i for i in model.graph.input}
-    for name, dims in shapes.items():
-        if name not in inputs:
-            raise UserError(f"--input-shape names unknown input {name!r}; inputs: {sorted(inputs)}")
+    # Names, ranks, channels and the size limit are checked there; "" is the sole input.
+    for name, dims in check_shape_overrides(model, shapes).items():
         tensor_type = inputs[name].type.tensor_type
-        have = len(tensor_type.shape.dim)
-        if have and have != len(dims):
-            raise UserError(f"--input-shape {name}: rank {len(dims)} given, model has rank {have}")
         tensor_type.shape.ClearField("dim")
         for d in dims:
             tensor_type.shape.dim.add().dim_value = int(d)

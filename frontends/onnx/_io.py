@@ -7,14 +7,13 @@ input and options give a byte-identical file.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from pathlib import Path
 
 import onnx
 from google.protobuf.message import DecodeError
 
+from onnx_hwprune._paths import PathGuard, atomic_write
 from onnx_hwprune.errors import UserError
 
 __all__ = ["ModelSource", "read_model", "serialize", "write_bytes_atomic", "check_output_path"]
@@ -40,8 +39,9 @@ def read_model(source: ModelSource) -> onnx.ModelProto:
     if _uses_external_data(model):
         try:
             onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
-        except (OSError, ValueError) as exc:
-            raise UserError(f"cannot read external data of {path}: {exc}") from None
+        except (OSError, ValueError, onnx.checker.ValidationError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"cannot read external data of {path}: {reason}") from None
     return model
 
 
@@ -67,36 +67,13 @@ def serialize(model: onnx.ModelProto) -> bytes:
 
 def check_output_path(out: str | os.PathLike, inp: str | os.PathLike | None = None) -> Path:
     """Fail early (before any work) when OUT cannot be written or would overwrite IN."""
-    out_path = Path(out)
-    if inp is not None and _same_file(Path(inp), out_path):
-        raise UserError(f"output {out_path} is the input file; choose another path")
-    parent = out_path.parent if str(out_path.parent) else Path(".")
-    if not parent.is_dir():
-        raise UserError(f"cannot write {out_path}: folder {parent} does not exist")
-    if out_path.is_dir():
-        raise UserError(f"cannot write {out_path}: it is a folder")
-    if not os.access(parent, os.W_OK) or (out_path.exists() and not os.access(out_path, os.W_OK)):
-        raise UserError(f"cannot write {out_path}: permission denied")
-    return out_path
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    if a.exists() and b.exists():
-        return os.path.samefile(a, b)
-    return a.resolve() == b.resolve()
+    guard = PathGuard()
+    guard.input("input", inp)
+    guard.output("output", out)
+    guard.check()
+    return Path(out)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write all of ``data`` or nothing: readers never see a partial file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+    """Write all of ``data`` or nothing, with the mode a plain ``open`` would give."""
+    atomic_write(path, data)

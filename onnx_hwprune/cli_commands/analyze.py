@@ -33,10 +33,16 @@ def _table(groups) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from onnx_hwprune.frontends.onnx import load_graph, parse_input_shapes
+    from onnx_hwprune.frontends.onnx import (
+        check_runs_in_onnxruntime,
+        load_graph,
+        parse_input_shapes,
+    )
     from onnx_hwprune.passes.analysis.channel_groups import analyze_channel_groups
 
-    graph = load_graph(args.input, parse_input_shapes(args.input_shape) or None)
+    shapes = parse_input_shapes(args.input_shape) or None
+    check_runs_in_onnxruntime(args.input, shapes)
+    graph = load_graph(args.input, shapes)
     groups = analyze_channel_groups(graph)
     if args.json:
         print(json.dumps({"groups": groups.to_json()}, indent=1, sort_keys=True))

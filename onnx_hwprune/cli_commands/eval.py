@@ -61,8 +61,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _measure(args: argparse.Namespace) -> dict[str, Any]:
+    from onnx_hwprune.frontends.onnx import check_runs_in_onnxruntime
+
     if args.batch_size <= 0 or args.threads <= 0:
         raise UserError("--batch-size and --threads must be positive")
+    if args.limit is not None and args.limit <= 0:
+        raise UserError("--limit must be positive")
+    for model in (args.model, args.reference):
+        if model is not None:
+            check_runs_in_onnxruntime(model)
     result = evaluate(args.model, args.data, args.batch_size, args.threads, limit=args.limit)
     agree = None
     if args.reference is not None:

@@ -15,8 +15,10 @@ line per layer signature) goes to stdout; the progress bar goes to stderr.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -39,11 +41,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", nargs="?", help="JSON file for export/import")
     parser.add_argument("--target", default="cpu", choices=target_names())
     parser.add_argument(
-        "--threads", type=int, default=None, help="intra-op threads (default: physical cores)"
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="intra-op threads (default: physical cores)",
     )
     parser.add_argument(
         "--time-budget",
-        type=float,
+        type=_seconds,
         default=None,
         metavar="S",
         help="stop after S seconds; rerun to resume",
@@ -91,12 +96,64 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_rpc_arguments(parser)  # --rpc-tracker/--rpc-key: measure on remote boards
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) <= 0:
+        raise UserError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    """A time budget: a finite number of seconds above zero (not -1, nan or inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise UserError(f"--time-budget must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """Every output checked before the database is opened or anything is measured."""
+    from onnx_hwprune._paths import PathGuard
+
+    guard = PathGuard()
+    guard.updated("--profile-db", args.profile_db)
+    if args.source == "import":
+        guard.input("import file", args.file)
+    elif args.source == "export":
+        guard.output("export file", args.file)
+    else:
+        if not Path(args.source).is_file():
+            raise UserError(f"input model {args.source} not found")
+        guard.input("IN", args.source)
+        guard.output("--json", args.json)
+        guard.output("--plot", args.plot, folder=True)
+    guard.check()
+    if getattr(args, "plot", None) is not None and importlib.util.find_spec("matplotlib") is None:
+        raise UserError("--plot needs matplotlib (pip install 'onnx-hwprune[plot]')")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the verb; returns the exit code (3: time budget reached, rerun to resume)."""
+    if args.source in ("export", "import") and not args.file:
+        raise UserError(f"profile {args.source} needs a FILE argument")
+    _check_paths(args)
+    doc = None
+    if args.source == "import":
+        from onnx_hwprune._jsonfile import read_json
+        from onnx_hwprune.cost_models.profile_db import check_import
+
+        doc = read_json(args.file, "profile export")
+        check_import(doc)  # the whole document, before the database is even opened
+    elif args.source != "export":
+        from onnx_hwprune.frontends.onnx import check_runs_in_onnxruntime
+
+        check_runs_in_onnxruntime(args.source)
     db = _open_db(args.profile_db, args.rebuild)
     with db:
         if args.source in ("export", "import"):
-            return _export_import(db, args.source, args.file)
+            return _export_import(db, args.source, args.file, doc)
         return _profile(db, args)
 
 
@@ -111,31 +168,25 @@ def _open_db(path: Path | None, rebuild: bool):
     return ProfileDB(path)
 
 
-def _export_import(db, verb: str, file: str | None) -> int:
-    if not file:
-        raise UserError(f"profile {verb} needs a FILE argument")
+def _export_import(db, verb: str, file: str, doc) -> int:
+    from onnx_hwprune._paths import atomic_write
+
     if verb == "export":
-        Path(file).write_text(json.dumps(db.export_json(), indent=1), encoding="utf-8")
+        atomic_write(file, (json.dumps(db.export_json(), indent=1) + "\n").encode())
         print(f"exported {db.count()} measurements to {file}")
         return 0
-    try:
-        doc = json.loads(Path(file).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"cannot read profile export {file}: {exc}") from None
     print(f"imported {db.import_json(doc)} measurements into {db.path}")
     return 0
 
 
 def _profile(db, args: argparse.Namespace) -> int:
-    from onnx_hwprune.runtime.profiler import BudgetExceeded, ProfileOptions, build_cost_model
     from onnx_hwprune.runtime.targets import get_target
 
-    if not Path(args.source).is_file():
-        raise UserError(f"input model {args.source} not found")
     if args.threads is not None and args.threads < 1:
         raise UserError("--threads must be at least 1")
     from onnx_hwprune.cli_commands._rpc import rpc_options_from_args
     from onnx_hwprune.frontends.onnx import normalize_model, with_static_inputs
+    from onnx_hwprune.runtime.profiler import BudgetExceeded, ProfileOptions, build_cost_model
     from onnx_hwprune.runtime.rpc_boards import profile_through_tracker
 
     source = with_static_inputs(normalize_model(args.source))  # symbolic batch -> 1
@@ -159,33 +210,52 @@ def _profile(db, args: argparse.Namespace) -> int:
     bar.finish()
     _print_summary(cost, source_text, bar)
     if args.json:
-        args.json.write_text(json.dumps(cost.to_dict(), indent=1), encoding="utf-8")
+        from onnx_hwprune._paths import atomic_write
+
+        atomic_write(args.json, (json.dumps(cost.to_dict(), indent=1) + "\n").encode())
     if args.plot:
         _plot(cost, args.plot)
     return 0
 
 
 class ProgressBar:
-    """A plain-text progress bar on a stream: layer signatures done, points measured."""
+    """Progress on a stream: layer signatures done, points measured.
+
+    On a terminal, one line redrawn with ``\r``; anywhere else (a log file, CI), a plain
+    line at most every :attr:`period_s` seconds, so logs get short readable lines.
+    """
+
+    period_s = 10.0
 
     def __init__(self, stream, width: int = 30):
         self.stream, self.width = stream, width
         self.measured, self.start = 0, time.monotonic()
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
+        self._last_line = -math.inf
+        self._drawn = False
 
     def update(self, index: int, count: int, newly: int, label: str) -> None:
         """Progress callback for :func:`build_cost_model`."""
         self.measured += newly
-        filled = int(self.width * index / max(1, count))
-        bar = "#" * filled + "." * (self.width - filled)
-        line = f"[{bar}] {index + 1}/{count} sig, {self.measured} meas, "
-        line += f"{time.monotonic() - self.start:5.0f}s {label}"
-        self.stream.write("\r" + line[:118].ljust(118))
+        elapsed = time.monotonic() - self.start
+        text = f"{index + 1}/{count} sig, {self.measured} meas, {elapsed:5.0f}s {label}"
+        if self.tty:
+            filled = int(self.width * index / max(1, count))
+            bar = "#" * filled + "." * (self.width - filled)
+            self.stream.write("\r" + f"[{bar}] {text}"[:118].ljust(118))
+        elif elapsed - self._last_line >= self.period_s:
+            self._last_line = elapsed
+            self.stream.write(f"progress: {text}"[:200] + "\n")
+        else:
+            return
+        self._drawn = True
         self.stream.flush()
 
     def finish(self) -> None:
-        """End the bar's line."""
-        self.stream.write("\n")
-        self.stream.flush()
+        """End the bar's line (nothing to end when no line was drawn)."""
+        if self.tty and self._drawn:
+            self.stream.write("\n")
+            self.stream.flush()
 
 
 def _print_summary(cost, source: str, bar: ProgressBar) -> None:

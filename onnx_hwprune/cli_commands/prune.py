@@ -145,25 +145,34 @@ def _load_plan(path: str | None):
 
     if path is None:
         return None
-    try:
-        return Plan.from_json(json.loads(Path(path).read_text()))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"cannot read plan {path}: {exc}") from None
+    from onnx_hwprune._jsonfile import read_json
+
+    return Plan.from_json(read_json(path, "plan"))
 
 
 def _check_paths(args: argparse.Namespace) -> None:
-    from onnx_hwprune.frontends.onnx import check_output_path
+    """Inputs exist; no output is an input or another output; every output is writable."""
+    from onnx_hwprune._paths import PathGuard
 
     if not Path(args.input).is_file():
         raise UserError(f"input model not found: {args.input}")
-    check_output_path(args.output, args.input)
-    for extra in (args.report, args.save_plan):
-        if extra is not None:
-            check_output_path(extra, args.input)
     for name in ("calib", "eval_data", "plan"):
         path = getattr(args, name)
         if path is not None and not Path(path).exists():
             raise UserError(f"--{name.replace('_data', '')} {path}: not found")
+    guard = PathGuard()
+    guard.input("IN", args.input)
+    guard.input("--calib", args.calib)
+    guard.input("--eval", args.eval_data)
+    guard.input("--plan", args.plan)
+    guard.updated("--profile-db", args.profile_db)  # read and written in place, by SQLite
+    guard.output("OUT", args.output)
+    guard.output("--report", args.report)
+    guard.output("--save-plan", args.save_plan)
+    if args.emit == "tvm":
+        out = Path(args.output)
+        guard.output("--emit tvm folder", out.with_name(out.stem + ".tvm"), folder=True)
+    guard.check()
 
 
 def _options(args: argparse.Namespace):
@@ -211,12 +220,13 @@ def run(args: argparse.Namespace) -> int:
 
     from onnx_hwprune.api import prune
     from onnx_hwprune.cli_commands.profile import ProgressBar
-    from onnx_hwprune.frontends.onnx import serialize, write_bytes_atomic
+    from onnx_hwprune.frontends.onnx import check_runs_in_onnxruntime, serialize, write_bytes_atomic
     from onnx_hwprune.report import format_summary
 
     _check_paths(args)
     opts = _options(args)
     opts.validate()
+    check_runs_in_onnxruntime(args.input, opts.input_shapes)
     if args.emit == "tvm":
         from onnx_hwprune.runtime.tvm_emit import check_emit
 

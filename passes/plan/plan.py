@@ -67,17 +67,18 @@ class Plan:
             raise UserError(
                 f"plan version {data.get('version')!r} is not supported (expected {PLAN_VERSION})"
             )
-        try:
-            groups = {
-                str(name): GroupPlan(int(g["size"]), tuple(sorted(int(i) for i in g["keep"])))
-                for name, g in data["groups"].items()
-            }
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise UserError(f"malformed plan: {exc!r}") from None
+        groups = data.get("groups")
+        if not isinstance(groups, dict):
+            raise UserError('malformed plan: "groups" must be an object of group name -> entry')
+        for key in ("method", "criterion"):
+            if not isinstance(data.get(key, ""), str):
+                raise UserError(f'malformed plan: "{key}" must be a string')
+        if not isinstance(data.get("meta", {}), dict):
+            raise UserError('malformed plan: "meta" must be an object')
         return cls(
-            groups,
-            str(data.get("method", "")),
-            str(data.get("criterion", "")),
+            {str(name): _group_plan(name, g) for name, g in groups.items()},
+            data.get("method", ""),
+            data.get("criterion", ""),
             dict(data.get("meta", {})),
         )
 
@@ -103,3 +104,20 @@ class Plan:
 
     def pruned_groups(self) -> dict[str, GroupPlan]:
         return {n: gp for n, gp in self.groups.items() if len(gp.keep) < gp.size}
+
+
+def _is_int(value: Any) -> bool:
+    # JSON's true/false arrive as bool, a subclass of int; 0.5 must not become 0.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _group_plan(name: str, entry: Any) -> GroupPlan:
+    """One group's entry, refused unless ``size`` and every ``keep`` index are integers."""
+    if not isinstance(entry, dict) or "size" not in entry or "keep" not in entry:
+        raise UserError(f'malformed plan: group {name!r} needs "size" and "keep"')
+    size, keep = entry["size"], entry["keep"]
+    if not _is_int(size) or size <= 0:
+        raise UserError(f"malformed plan: group {name!r} size must be a positive integer")
+    if not isinstance(keep, list) or not all(_is_int(i) for i in keep):
+        raise UserError(f"malformed plan: group {name!r} keep must be a list of integers")
+    return GroupPlan(size, tuple(sorted(keep)))
