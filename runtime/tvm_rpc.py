@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING
 
 from onnx_hwprune.errors import UserError
 from onnx_hwprune.runtime._rpc_trust import (
-    DEFAULT_RPC_BOARDS,
     MAX_RPC_BOARDS,
     free_from_summary,
     with_random_weights,
