@@ -9,9 +9,10 @@ the guard re-times two things, before and after the group:
 - a fixed **reference kernel** (a small Conv, the same on every run and every target), and
 - the group's **anchor** (the layer's full-size point) when there is one.
 
-A group *drifted* when either moved by more than ``threshold`` between before and after,
-or when the reference is slower than the session's baseline (its fastest reading so far)
-by more than ``threshold``. A drifted group is discarded and measured again, at most
+A group *drifted* when either moved between before and after by more than ``threshold``
+plus the two checks' own spreads (a change the checks' noise cannot explain), or when the
+reference is slower than the session's baseline (its fastest reading so far) by more than
+``baseline_threshold``. A drifted group is discarded and measured again, at most
 ``retries`` times; if it still drifts, its points are stored with quality ``drifted`` and
 are never final: the next run measures them again first (see :data:`QUALITIES`).
 """
@@ -37,13 +38,18 @@ class DriftConfig:
     """Thresholds of the guard.
 
     Attributes:
-        threshold: relative speed change (reference or anchor) that marks a group drifted.
+        threshold: relative speed change (reference or anchor) during a group, beyond the
+            checks' own IQR/median spreads, that marks the group drifted.
+        baseline_threshold: how much slower than the session's fastest reference reading
+            the machine may run before groups count as drifted (the fastest reading of a
+            noisy timer is biased low, hence wider than ``threshold``).
         noisy_spread: a point whose IQR/median exceeds this is stored as ``noisy``.
         retries: how many times a drifted group is measured again before giving up.
         check: the (short) timing protocol of the before/after checks.
     """
 
     threshold: float = 0.10
+    baseline_threshold: float = 0.25
     noisy_spread: float = 0.10
     retries: int = 2
     check: TimingConfig = TimingConfig(warmup_s=0.01, min_repeat_s=0.005, rounds=3)
@@ -87,28 +93,29 @@ class DriftGuard:
             self._reference = self.backend.prepare(build_layer_model(reference_signature(), 32, 32))
         return self._reference
 
-    def check(self, anchor: Runnable | None = None) -> dict[str, float]:
-        """Time the reference (and ``anchor``) now: {"reference": ms, "anchor": ms}."""
+    def check(self, anchor: Runnable | None = None) -> dict[str, Timing]:
+        """Time the reference (and ``anchor``) now: {"reference": t, "anchor": t}."""
         reference = self._reference_runnable()
         samplers: dict[str, Callable[[int], float]] = {"reference": reference.sample}
         if anchor is not None:
             samplers["anchor"] = anchor.sample
-        got = {k: t.median_ms for k, t in measure(samplers, self.config.check).items()}
-        ref = got["reference"]
+        got = measure(samplers, self.config.check)
+        ref = got["reference"].median_ms
         if self.baseline_ms is None or ref < self.baseline_ms:
             self.baseline_ms = ref  # the machine got calmer (or this is the first reading)
         return got
 
-    def drifted(self, before: dict[str, float], after: dict[str, float]) -> bool:
+    def drifted(self, before: dict[str, Timing], after: dict[str, Timing]) -> bool:
         """Whether the speed moved between ``before`` and ``after`` or from the baseline."""
-        t = self.config.threshold
         for key in before:
-            ratio = after[key] / before[key] if before[key] > 0 else 1.0
+            b, a = before[key], after[key]
+            t = self.config.threshold + b.spread + a.spread
+            ratio = a.median_ms / b.median_ms if b.median_ms > 0 else 1.0
             if not 1 / (1 + t) <= ratio <= 1 + t:
                 logger.info("drift: %s moved %.2fx during a group", key, ratio)
                 return True
-        slowest = max(before["reference"], after["reference"])
-        if self.baseline_ms and slowest > self.baseline_ms * (1 + t):
+        slowest = max(before["reference"].median_ms, after["reference"].median_ms)
+        if self.baseline_ms and slowest > self.baseline_ms * (1 + self.config.baseline_threshold):
             logger.info("drift: machine %.2fx slower than at start", slowest / self.baseline_ms)
             return True
         return False

@@ -30,7 +30,7 @@ from onnx_hwprune.runtime.backend import Backend
 from onnx_hwprune.runtime.drift import quality_of
 from onnx_hwprune.runtime.timing import TimingConfig, measure
 
-__all__ = ["build_layer_model", "layer_shapes", "measure_points"]
+__all__ = ["build_layer_model", "layer_shapes", "measure_points", "time_points"]
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def measure_points(
     found = db.get_many(target, fp_hash, sig, points) if db else {}
     todo = [p for p in points if p not in found or _redo(found[p], guard, sig, p)]
     if todo:
-        found.update(_time_points(backend, sig, todo, config or TimingConfig(), anchor, guard))
+        found.update(time_points(backend, sig, todo, config or TimingConfig(), anchor, guard))
         if db:
             db.put_many(target, backend.fingerprint(), sig, {p: found[p] for p in todo})
         if on_measured:
@@ -168,7 +168,9 @@ def _redo(stored: Measurement, guard, sig: LayerSignature, point: tuple[int, int
     return True
 
 
-def _time_points(backend, sig, points, config, anchor, guard=None):
+def time_points(backend, sig, points, config, anchor, guard=None):
+    """Time ``points`` of ``sig`` now (no database): interleaved groups, rescaled by the
+    ``anchor`` ``((in, out), ms)`` when given, drift-checked and flagged with ``guard``."""
     out: dict[tuple[int, int], Measurement] = {}
     for chunk in _chunks(sig, points):
         keys = [*chunk, anchor[0]] if anchor is not None and anchor[0] not in chunk else chunk

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx_hwprune.cost_models.profile_db import ProfileDB
@@ -141,3 +142,35 @@ def test_old_rows_migrate_as_legacy_and_export_keeps_flags(tmp_path):
     with ProfileDB(tmp_path / "new.sqlite") as db:
         db.import_json(doc)
         assert db.quality_counts()["legacy"] == n
+
+
+class SlowerPruned(FakeMachine):
+    """Pruned (non-square) layers now cost ``factor`` times more; full ones do not."""
+
+    def prepare(self, model: onnx.ModelProto) -> Runnable:
+        inner = super().prepare(model)
+        w = next((i for i in model.graph.initializer if i.name == "W"), None)
+        pruned = w is not None and w.dims[0] != w.dims[1]
+        factor = self.factor if pruned else 1.0
+
+        class Scaled(Runnable):
+            def sample(self, number: int) -> float:
+                return inner.sample(number) * factor
+
+        return Scaled()
+
+
+def test_verify_counts_points_that_hold_and_demotes_those_that_moved(tmp_path):
+    from onnx_hwprune.runtime.profiler import load_model_and_layers
+    from onnx_hwprune.runtime.verify import verify_profile
+
+    _, layers = load_model_and_layers(_model())
+    with ProfileDB(tmp_path / "p.sqlite") as db:
+        build_cost_model(_model(), FakeMachine(), "cpu", db, FAST)
+        same = verify_profile(layers, FakeMachine(), "cpu", db, sample=8, timing=FAST.timing)
+        assert (same.checked, same.held, same.moved) == (8, 8, [])
+        assert db.quality_counts()["noisy"] == 0
+        moved = verify_profile(layers, SlowerPruned(), "cpu", db, sample=8, timing=FAST.timing)
+        assert moved.checked == 8 and moved.held + len(moved.moved) == 8 and moved.moved
+        assert all(new == pytest.approx(2 * old) for _, _, old, new in moved.moved)
+        assert db.quality_counts()["noisy"] == len(moved.moved)
