@@ -38,6 +38,10 @@ def cost_model(opts: PruneOptions, source: onnx.ModelProto, progress: Callable |
     static = with_static_inputs(source)  # deployment latency: batch 1 where symbolic
     if target.cost_source == "shipped":
         return shipped_cost_model(target.name, static, progress=progress), None
+    if opts.pinned_profile is not None:  # reproducible: reads that file only, times nothing
+        from onnx_hwprune.runtime.pinned import pinned_cost_model
+
+        return pinned_cost_model(opts.pinned_profile, static, target.name), None
     db = ProfileDB(opts.profile_db)
     try:
         if target.cost_source == "analytic":
