@@ -69,7 +69,14 @@ def _measured(opts: PruneOptions, static: onnx.ModelProto, db, progress):
     from onnx_hwprune.runtime.targets import get_target
 
     backend = get_target(opts.target).make_backend(threads=opts.threads)
-    return build_cost_model(static, backend, opts.target, db, progress=progress), backend
+    cost = build_cost_model(static, backend, opts.target, db, progress=progress)
+    if opts.measure:  # a budget fraction is a fraction of what the original measures now
+        from onnx_hwprune.cost_models.anchor import anchored
+
+        now = measured_section(backend, {"original": static})["original"]["median_ms"]
+        log.info("original measured %.3f ms now (profile: %.3f ms)", now, cost.predict())
+        cost = anchored(cost, now)
+    return cost, backend
 
 
 def source_of(cost, target: str) -> str:
@@ -100,6 +107,8 @@ def predicted_section(cost, graph, groups: ChannelGroups, plan: Plan) -> dict[st
         "source": source_of(cost, cost.target),
         "network_ms": [before["total_ms"], after["total_ms"]],
         "residual_ms": cost.residual_ms,
+        # the original as measured when planning (None: nothing measured here)
+        "anchored_to_ms": getattr(cost, "measured_full_ms", None),
         "layers": layers,
     }
 

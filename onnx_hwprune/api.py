@@ -83,9 +83,21 @@ def prune(
     if opts.needs_cost_model():
         cost, backend = _latency.cost_model(opts, source, progress)
         ctx = replace(ctx, cost_model=cost, target=_target(opts))
-    planned = _plan(opts, mod, factory, ctx)
-    pruned_mod = RemoveChannels()(planned, ctx)
-    out = export_model(pruned_mod.graph)
+
+    def attempt(ctx):
+        planned = _plan(opts, mod, factory, ctx)
+        pruned_mod = RemoveChannels()(planned, ctx)
+        return planned, pruned_mod, export_model(pruned_mod.graph)
+
+    rounds = None
+    if _closes_loop(opts, backend):  # measure the result; re-plan while it misses
+        from onnx_hwprune.closed_loop import close_loop
+
+        attempted, rounds, cost = close_loop(attempt, ctx, opts.effective_budget, backend, source,
+                                       mod.groups, mod.graph)  # fmt: skip
+    else:
+        attempted = attempt(ctx)
+    planned, pruned_mod, out = attempted
     if opts.recover:
         out = _data.recover_model(opts, source, out, mod.groups, planned.plan, factory)
     verify_model(out)
@@ -97,7 +109,17 @@ def prune(
         opts.to_json(),
     )
     _add_sections(report, opts, cost, backend, mod, planned.plan, source, out)
+    if rounds is not None:
+        report["latency"]["closed_loop"] = rounds
     return PruneResult(out, planned.plan, report)
+
+
+def _closes_loop(opts: PruneOptions, backend) -> bool:
+    """A latency budget, measured on the target: plans are checked against the target."""
+    return (
+        backend is not None and opts.measure and opts.method_record().drive == "budget"
+        and opts.plan is None
+    )  # fmt: skip
 
 
 def _target(opts: PruneOptions):

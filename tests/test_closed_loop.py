@@ -1,0 +1,77 @@
+"""The closed loop: a plan that misses the measured budget is corrected and re-planned."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from onnx_hwprune.api import prune
+from onnx_hwprune.options import PruneOptions
+from onnx_hwprune.runtime.backend import Backend, Runnable
+from onnx_hwprune.runtime.targets import TARGETS
+from onnx_hwprune.target import Target
+from tests.helpers import tiny_cnn
+
+MS_PER_WEIGHT = 0.01
+
+
+class OverheadMachine(Backend):
+    """Every weight costs MS_PER_WEIGHT ms in a one-layer benchmark and in the network;
+    a whole network also pays ``overhead_ms`` that no layer benchmark sees. Calibrated
+    proportionally, the model over-credits pruning: the true cost differs from it by a
+    known amount."""
+
+    name = "overhead-machine"
+
+    def __init__(self, overhead_ms: float):
+        self.overhead_ms = overhead_ms
+        self.networks_timed = 0
+
+    def fingerprint(self) -> dict:
+        return {"machine": "overhead", "overhead_ms": self.overhead_ms}
+
+    def prepare(self, model: onnx.ModelProto) -> Runnable:
+        weights = sum(int(np.prod(i.dims)) for i in model.graph.initializer if len(i.dims) >= 2)
+        network = model.graph.name != "layer"
+        self.networks_timed += network
+        ms = MS_PER_WEIGHT * weights + (self.overhead_ms if network else 0.0)
+
+        class Fixed(Runnable):
+            def sample(self, number: int) -> float:
+                return ms * 1e-3
+
+        return Fixed()
+
+
+@pytest.fixture
+def fake_target(monkeypatch, tmp_path):
+    def register(machine: Backend) -> PruneOptions:
+        record = Target("fake", "a fake machine", "fake", lambda **_: machine, lambda: (True, ""))
+        monkeypatch.setitem(TARGETS, "fake", record)
+        return PruneOptions(target="fake", latency_budget="0.6",
+                            profile_db=tmp_path / "p.sqlite")  # fmt: skip
+
+    return register
+
+
+def test_loop_corrects_the_model_and_meets_the_budget(fake_target):
+    machine = OverheadMachine(overhead_ms=4.0)
+    result = prune(tiny_cnn(16), fake_target(machine))
+    rounds = result.report["latency"]["closed_loop"]
+    assert 2 <= len(rounds) <= 4
+    assert rounds[0]["miss"] > 0.03  # the proportional model over-credited pruning
+    assert rounds[-1]["miss"] <= 0.03  # the corrected model's plan meets the budget
+    assert [r["round"] for r in rounds] == list(range(len(rounds)))
+    full = MS_PER_WEIGHT * (8 * 3 * 9 + 8 * 8 * 9 + 4 * 8) + 4.0  # tiny_cnn's true cost
+    assert rounds[-1]["budget_ms"] == pytest.approx(0.6 * full)
+    assert rounds[-1]["measured_ms"] <= 0.6 * full * 1.03
+
+
+def test_loop_stops_after_one_round_when_the_model_is_right(fake_target):
+    result = prune(tiny_cnn(16), fake_target(OverheadMachine(overhead_ms=0.0)))
+    (only,) = result.report["latency"]["closed_loop"]
+    assert only["miss"] <= 0.03 and only["predicted_ms"] == pytest.approx(only["measured_ms"])
+    assert result.report["latency"]["predicted"]["anchored_to_ms"] == pytest.approx(
+        only["original_ms"]
+    )
