@@ -19,7 +19,7 @@ Export format (``profile export``), version :data:`EXPORT_VERSION`::
      "devices": [{"target": "cpu", "fingerprint_hash": "...", "fingerprint": {...}}],
      "measurements": [{"target": "cpu", "fingerprint_hash": "...", "signature": {...},
                        "in_ch": 64, "out_ch": 64, "median_ms": 0.92, "spread": 0.01,
-                       "samples": 5, "number": 20}],
+                       "samples": 5, "number": 20, "quality": "clean"}],
      "calibrations": [{"target": "cpu", "fingerprint_hash": "...", "model": "<sha>",
                        "data": {...}}]}
 """

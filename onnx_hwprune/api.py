@@ -108,7 +108,7 @@ def prune(
         model_stats(pruned_mod.graph),
         opts.to_json(),
     )
-    _add_sections(report, opts, cost, backend, mod, planned.plan, source, out)
+    _add_sections(report, opts, cost, backend, mod, planned.plan, source, out, rounds)
     if rounds is not None:
         report["latency"]["closed_loop"] = rounds
     return PruneResult(out, planned.plan, report)
@@ -140,12 +140,20 @@ def _plan(opts: PruneOptions, mod: Module, factory, ctx: PassContext) -> Module:
     return Sequential(planning_passes(opts), "plan")(mod, ctx)
 
 
-def _add_sections(report, opts, cost, backend, mod, plan, source, out) -> None:
+def _last_measured(last: dict) -> dict:
+    s0, s1 = last["spreads"]
+    return {"original": {"median_ms": last["original_ms"], "spread": s0},
+            "pruned": {"median_ms": last["measured_ms"], "spread": s1}}  # fmt: skip
+
+
+def _add_sections(report, opts, cost, backend, mod, plan, source, out, rounds=None) -> None:
     if cost is not None:
         report["latency"] = {
             "predicted": _latency.predicted_section(cost, mod.graph, mod.groups, plan)
         }
-        if opts.measure and backend is not None:
+        if opts.measure and backend is not None and rounds:  # the loop's last measurement
+            report["latency"]["measured"] = _last_measured(rounds[-1])
+        elif opts.measure and backend is not None:
             report["latency"]["measured"] = _latency.measured_section(
                 backend, {"original": source, "pruned": out}
             )

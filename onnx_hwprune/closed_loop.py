@@ -44,6 +44,7 @@ def close_loop(attempt: Attempt, ctx, budget, backend, source, groups, graph):
         budget_ms = budget.resolve(orig)
         channels = _channels(ctx.cost_model, graph, groups, planned.plan)
         rounds.append(_round(index, ctx.cost_model.predict(channels), orig, pruned, budget_ms))
+        rounds[-1]["spreads"] = [got["original"]["spread"], got["pruned"]["spread"]]
         log.info("closed loop round %d: %s", index, rounds[-1])
         if pruned <= budget_ms * (1 + TOLERANCE) or index == MAX_ROUNDS:
             break

@@ -75,3 +75,32 @@ def test_loop_stops_after_one_round_when_the_model_is_right(fake_target):
     assert result.report["latency"]["predicted"]["anchored_to_ms"] == pytest.approx(
         only["original_ms"]
     )
+
+
+def test_summary_reports_each_round_against_the_budget(fake_target):
+    from onnx_hwprune.report import format_summary
+
+    result = prune(tiny_cnn(16), fake_target(OverheadMachine(overhead_ms=4.0)))
+    text = format_summary(result.report)
+    rounds = result.report["latency"]["closed_loop"]
+    lines = [line for line in text.splitlines() if line.startswith("closed loop round")]
+    assert len(lines) == len(rounds) >= 2
+    assert lines[0].endswith("missed") and lines[-1].endswith("met")
+    measured = result.report["latency"]["measured"]
+    assert measured["pruned"]["median_ms"] == rounds[-1]["measured_ms"]
+
+
+def test_implausible_spread_is_said():
+    from onnx_hwprune.report import _latency_lines
+
+    latency = {
+        "predicted": {"network_ms": [10.0, 8.0], "target": "cpu", "source": "here"},
+        "measured": {
+            "original": {"median_ms": 26.0, "spread": 1.12},
+            "pruned": {"median_ms": 1.5, "spread": 13.29},
+        },
+    }
+    lines = _latency_lines({"latency": latency})
+    assert any("spread 1329%" in line for line in lines)
+    latency["measured"]["pruned"]["spread"] = latency["measured"]["original"]["spread"] = 0.02
+    assert not any("spread" in line for line in _latency_lines({"latency": latency}))

@@ -4,6 +4,7 @@ Usage::
 
     onnx-hwprune profile IN.onnx --target cpu [--threads N] [--time-budget S]
                          [--exhaustive] [--plot DIR] [--profile-db PATH] [--rebuild]
+                         [--verify [N]]
     onnx-hwprune profile export FILE.json [--profile-db PATH]
     onnx-hwprune profile import FILE.json [--profile-db PATH]
 
