@@ -70,6 +70,13 @@ def _measured(opts: PruneOptions, static: onnx.ModelProto, db, progress):
 
     backend = get_target(opts.target).make_backend(threads=opts.threads)
     cost = build_cost_model(static, backend, opts.target, db, progress=progress)
+    counts = db.quality_counts(opts.target, backend.fingerprint_hash())
+    if counts["noisy"] + counts["drifted"]:
+        log.warning(
+            "the profile holds %d noisy and %d drifted points (of %d): the next run that measures "
+            "re-measures them; see README 'Measuring on a shared machine'",
+            counts["noisy"], counts["drifted"], sum(counts.values()),
+        )  # fmt: skip
     if opts.measure:  # a budget fraction is a fraction of what the original measures now
         from onnx_hwprune.cost_models.anchor import anchored
 

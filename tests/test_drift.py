@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 import pytest
@@ -174,3 +176,19 @@ def test_verify_counts_points_that_hold_and_demotes_those_that_moved(tmp_path):
         assert moved.checked == 8 and moved.held + len(moved.moved) == 8 and moved.moved
         assert all(new == pytest.approx(2 * old) for _, _, old, new in moved.moved)
         assert db.quality_counts()["noisy"] == len(moved.moved)
+
+
+def test_cli_profile_prints_quality_and_verify(tmp_path, capsys):
+    from onnx_hwprune.cli import main
+
+    source = tmp_path / "m.onnx"
+    onnx.save(_model(8), source)
+    db = tmp_path / "p.sqlite"
+    argv = ["profile", str(source), "--threads", "1", "--profile-db", str(db), "--verify", "3"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    with ProfileDB(db) as opened:
+        total = opened.count()
+    line = re.search(r"profile quality: (\d+) clean, (\d+) noisy, (\d+) drifted, (\d+) legacy", out)
+    assert line and sum(map(int, line.groups())) == total > 3 and line.group(4) == "0"
+    assert "verify: " in out and "of 3 stored points still hold" in out
