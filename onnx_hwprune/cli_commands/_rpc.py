@@ -63,8 +63,10 @@ def rpc_options_from_args(args: argparse.Namespace) -> RpcOptions | None:
         return None
     if not tracker or not key:
         raise UserError("--rpc-tracker and --rpc-key go together")
-    if args.rpc_boards is not None and args.rpc_boards < 1:
-        raise UserError("--rpc-boards must be at least 1")
+    from onnx_hwprune.runtime._rpc_trust import MAX_RPC_BOARDS
+
+    if args.rpc_boards is not None and not 1 <= args.rpc_boards <= MAX_RPC_BOARDS:
+        raise UserError(f"--rpc-boards must be in 1..{MAX_RPC_BOARDS}")
     opts = RpcOptions(
         tracker, key, connect_timeout_s=min(10.0, args.rpc_timeout),
         request_timeout_s=args.rpc_timeout, max_boards=args.rpc_boards,
