@@ -6,6 +6,11 @@ the original (one run, so load hits both alike). When it misses the budget by mo
 (:func:`~onnx_hwprune.cost_models.anchor.corrected`) and the job plans again, at most
 :data:`MAX_ROUNDS` times. A fractional budget is judged against the original measured in
 the same run, a budget in ms as given. Every round is reported.
+
+Two stops protect the plan from chasing noise: a round whose timings spread more than
+:data:`MAX_SPREAD` (IQR/median) is not used to correct anything (the miss may be noise;
+the report says so), and a corrected model that cannot reach the budget at all keeps the
+previous plan rather than removing everything it can.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ log = logging.getLogger(__name__)
 
 MAX_ROUNDS = 3
 TOLERANCE = 0.03
+MAX_SPREAD = 0.10
 
 Attempt = Callable[[Any], tuple[Any, Any, Any]]
 """``attempt(ctx) -> (planned module, pruned module, pruned model)``: plan on
@@ -48,14 +54,27 @@ def close_loop(attempt: Attempt, ctx, budget, backend, source, groups, graph):
         log.info("closed loop round %d: %s", index, rounds[-1])
         if pruned <= budget_ms * (1 + TOLERANCE) or index == MAX_ROUNDS:
             break
-        cost = corrected(ctx.cost_model, channels, orig, pruned)
-        ctx = replace(ctx, cost_model=cost)
-        previous = planned.plan.groups
-        result = attempt(ctx)
-        if result[0].plan.groups == previous:  # the corrected model changed nothing
-            rounds[-1]["note"] = "re-plan gave the same plan; stopped"
+        if max(rounds[-1]["spreads"]) > MAX_SPREAD:
+            rounds[-1]["note"] = "timings too noisy to correct the model; stopped"
             break
+        fresh_ctx = replace(ctx, cost_model=corrected(ctx.cost_model, channels, orig, pruned))
+        fresh = attempt(fresh_ctx)
+        note = _reject(fresh, result, fresh_ctx.cost_model, graph, groups, budget)
+        if note:
+            rounds[-1]["note"] = note
+            break
+        result, ctx = fresh, fresh_ctx
     return result, rounds, ctx.cost_model
+
+
+def _reject(fresh, previous, cost, graph, groups, budget) -> str | None:
+    """Why the re-plan is not worth measuring, or None."""
+    if fresh[0].plan.groups == previous[0].plan.groups:
+        return "re-plan gave the same plan; stopped"
+    predicted = cost.predict(_channels(cost, graph, groups, fresh[0].plan))
+    if predicted > budget.resolve(cost.predict()) * (1 + TOLERANCE):
+        return "the corrected model cannot reach the budget; kept the previous plan"
+    return None
 
 
 def _channels(cost, graph, groups, plan) -> dict:

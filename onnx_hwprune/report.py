@@ -117,7 +117,7 @@ def _loop_lines(rounds: list[dict[str, Any]]) -> list[str]:
         lines.append(
             f"closed loop round {r['round']}: measured {r['measured_ms']:.3f} ms "
             f"(predicted {r['predicted_ms']:.3f}) vs budget {r['budget_ms']:.3f} ms: "
-            f"{100 * r['miss']:+.1f}%, {verdict}"
+            f"{100 * r['miss']:+.1f}%, {verdict}" + (f" ({r['note']})" if r.get("note") else "")
         )
     return lines
 

@@ -104,3 +104,28 @@ def test_implausible_spread_is_said():
     assert any("spread 1329%" in line for line in lines)
     latency["measured"]["pruned"]["spread"] = latency["measured"]["original"]["spread"] = 0.02
     assert not any("spread" in line for line in _latency_lines({"latency": latency}))
+
+
+class NoisyOverhead(OverheadMachine):
+    """The overhead machine, quiet while profiling and anchoring (the first two networks
+    timed), then with whole-network samples cycling through 1, 1.5, 1, 0.6 times their
+    time: the median holds, the spread does not."""
+
+    def prepare(self, model: onnx.ModelProto) -> Runnable:
+        inner, state = super().prepare(model), [0]
+        network = model.graph.name != "layer" and self.networks_timed > 2
+
+        class Noisy(Runnable):
+            def sample(self, number: int) -> float:
+                state[0] += 1
+                noise = (1.0, 1.5, 1.0, 0.6)[state[0] % 4] if network else 1.0
+                return inner.sample(number) * noise
+
+        return Noisy()
+
+
+def test_loop_does_not_correct_on_noisy_timings(fake_target):
+    result = prune(tiny_cnn(16), fake_target(NoisyOverhead(overhead_ms=4.0)))
+    (only,) = result.report["latency"]["closed_loop"]
+    assert only["miss"] > 0.03 and max(only["spreads"]) > 0.10
+    assert "too noisy" in only["note"]
