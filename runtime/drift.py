@@ -51,7 +51,7 @@ class DriftConfig:
     threshold: float = 0.10
     baseline_threshold: float = 0.25
     noisy_spread: float = 0.10
-    retries: int = 2
+    retries: int = 1
     check: TimingConfig = TimingConfig(warmup_s=0.01, min_repeat_s=0.005, rounds=3)
 
 
