@@ -129,3 +129,11 @@ def test_loop_does_not_correct_on_noisy_timings(fake_target):
     (only,) = result.report["latency"]["closed_loop"]
     assert only["miss"] > 0.03 and max(only["spreads"]) > 0.10
     assert "too noisy" in only["note"]
+
+
+def test_unreachable_budget_keeps_the_measured_plan(fake_target):
+    # 20 ms that no layer owns: 60% of the original is out of reach of any pruning.
+    result = prune(tiny_cnn(16), fake_target(OverheadMachine(overhead_ms=20.0)))
+    (only,) = result.report["latency"]["closed_loop"]
+    assert only["miss"] > 0.03 and "cannot reach the budget" in only["note"]
+    assert result.report["latency"]["measured"]["pruned"]["median_ms"] == only["measured_ms"]
