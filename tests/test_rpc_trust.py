@@ -91,14 +91,16 @@ def test_slow_import_does_not_eat_the_connect_window(monkeypatch, listening_port
 def test_default_board_count_is_small():
     import argparse
 
+    from onnx_hwprune.cli_commands._rpc import add_rpc_arguments, rpc_options_from_args
+
     parser = argparse.ArgumentParser()
-    tvm_rpc.add_rpc_arguments(parser)
+    add_rpc_arguments(parser)
     args = parser.parse_args(["--rpc-tracker", "h:1", "--rpc-key", "k"])
-    opts = tvm_rpc.rpc_options_from_args(args)
+    opts = rpc_options_from_args(args)
     assert opts.max_boards is None and DEFAULT_RPC_BOARDS <= 8
     too_many = ["--rpc-tracker", "h:1", "--rpc-key", "k", "--rpc-boards", "99"]
     with pytest.raises(UserError, match="--rpc-boards"):
-        tvm_rpc.rpc_options_from_args(parser.parse_args(too_many))
+        rpc_options_from_args(parser.parse_args(too_many))
 
 
 def test_random_weights_keep_shapes_and_run():
