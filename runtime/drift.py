@@ -84,7 +84,7 @@ class DriftGuard:
         self._reference: Runnable | None = None
         self.baseline_ms: float | None = None
         self.discarded = 0  # groups measured again because they drifted
-        self.redone: set = set()  # (signature, point) re-measured as untrusted this session
+        self.redone: set = set()  # (signature, point) measured in this session: not again
 
     def _reference_runnable(self) -> Runnable:
         if self._reference is None:

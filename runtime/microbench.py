@@ -153,6 +153,8 @@ def measure_points(
     todo = [p for p in points if p not in found or _redo(found[p], guard, sig, p)]
     if todo:
         found.update(time_points(backend, sig, todo, config or TimingConfig(), anchor, guard))
+        if guard is not None:  # measured in this session: final for this session
+            guard.redone.update((sig, p) for p in todo)
         if db:
             db.put_many(target, backend.fingerprint(), sig, {p: found[p] for p in todo})
         if on_measured:

@@ -31,7 +31,8 @@ def _prune(tmp_path, name: str, source, profile, *extra: str) -> int:
     ])  # fmt: skip
 
 
-def test_pinned_profile_gives_byte_identical_outputs(tmp_path):
+def test_pinned_profile_gives_byte_identical_outputs(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # this test's own default
     model = tiny_cnn(16)
     source = tmp_path / "in.onnx"
     onnx.save(model, source)
