@@ -22,7 +22,7 @@ MAX_MEDIAN_MS = 3_600_000.0  # one hour per layer: anything above is a unit erro
 _DEVICE = {"target": str, "fingerprint_hash": str, "fingerprint": dict}
 _MEASUREMENT = {
     "target": str, "fingerprint_hash": str, "signature": dict, "in_ch": int, "out_ch": int,
-    "median_ms": float, "spread": float, "samples": int, "number": int,
+    "median_ms": float, "spread": float, "samples": int, "number": int, "quality": str,
 }  # fmt: skip
 _CALIBRATION = {"target": str, "fingerprint_hash": str, "model": str, "data": dict}
 _TOP = {"format": str, "version": int, "devices": list, "measurements": list, "calibrations": list}
@@ -70,7 +70,9 @@ def check_signature(sig: Any, where: str) -> LayerSignature:
 
 
 def _measurement(m: Any, where: str) -> None:
-    _record(m, _MEASUREMENT, where)
+    _record(m, _MEASUREMENT, where, optional=["quality"])
+    if m.get("quality", "legacy") not in ("clean", "noisy", "drifted", "legacy"):
+        raise UserError(f"malformed profile export: {where}.quality {m['quality']!r:.20}")
     check_signature(m["signature"], f"{where}.signature")
     if m["in_ch"] <= 0 or m["out_ch"] <= 0:
         raise UserError(f"malformed profile export: {where} channel counts must be positive")

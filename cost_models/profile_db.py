@@ -19,7 +19,7 @@ Export format (``profile export``), version :data:`EXPORT_VERSION`::
      "devices": [{"target": "cpu", "fingerprint_hash": "...", "fingerprint": {...}}],
      "measurements": [{"target": "cpu", "fingerprint_hash": "...", "signature": {...},
                        "in_ch": 64, "out_ch": 64, "median_ms": 0.92, "spread": 0.01,
-                       "samples": 5, "number": 20}],
+                       "samples": 5, "number": 20, "quality": "clean"}],
      "calibrations": [{"target": "cpu", "fingerprint_hash": "...", "model": "<sha>",
                        "data": {...}}]}
 """
@@ -52,6 +52,11 @@ __all__ = [
     "SCHEMA_VERSION",
     "Measurement",
     "ProfileDB",
+    "QUALITIES",
+    "QUALITY_CLEAN",
+    "QUALITY_DRIFTED",
+    "QUALITY_LEGACY",
+    "QUALITY_NOISY",
     "check_import",
     "default_db_path",
     "fingerprint_hash",
@@ -62,6 +67,12 @@ logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 EXPORT_VERSION = 1
 _FORMAT = "onnx-hwprune-profile"
+QUALITY_CLEAN, QUALITY_NOISY, QUALITY_DRIFTED = "clean", "noisy", "drifted"
+QUALITY_LEGACY = "legacy"  # rows from before quality flags: usable, not known to be clean
+QUALITIES = (QUALITY_CLEAN, QUALITY_NOISY, QUALITY_DRIFTED, QUALITY_LEGACY)
+UNTRUSTED = frozenset({QUALITY_NOISY, QUALITY_DRIFTED})
+"""Points never final: the next run that can measure re-measures them first."""
+_COLUMNS = "target, fp_hash, signature, in_ch, out_ch, median_ms, spread, samples, number, created"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS devices (
@@ -81,12 +92,14 @@ CREATE TABLE IF NOT EXISTS calibrations (
 
 @dataclass(frozen=True)
 class Measurement:
-    """One measured point: median latency (ms), relative spread, samples, runs/sample."""
+    """One measured point: median latency (ms), relative spread (IQR/median), samples,
+    runs/sample, and its quality flag (one of :data:`QUALITIES`)."""
 
     median_ms: float
     spread: float
     samples: int = 0
     number: int = 0
+    quality: str = QUALITY_LEGACY
 
 
 def default_db_path() -> Path:
@@ -128,6 +141,7 @@ class ProfileDB:
                 for statement in filter(str.strip, _SCHEMA.split(";")):
                     conn.execute(statement)
                 self._check_version(conn)
+                _add_quality_column(conn)
                 if stamp:
                     conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         except (sqlite3.DatabaseError, ValueError) as exc:
@@ -222,7 +236,8 @@ class ProfileDB:
         fp_hash = fp_hash or fingerprint_hash(fingerprint)
         now, key = time.time(), sig.key()
         rows = [
-            (target, fp_hash, key, i, o, m.median_ms, m.spread, m.samples, m.number, now)
+            (target, fp_hash, key, i, o, m.median_ms, m.spread, m.samples, m.number, now,
+             m.quality)
             for (i, o), m in points.items()
         ]
         with self._write(self._conn):
@@ -231,7 +246,9 @@ class ProfileDB:
                 (target, fp_hash, json.dumps(fingerprint, sort_keys=True)),
             )
             self._conn.executemany(
-                "INSERT OR REPLACE INTO measurements VALUES (?,?,?,?,?,?,?,?,?,?)", rows
+                f"INSERT OR REPLACE INTO measurements ({_COLUMNS}, quality) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                rows,
             )
 
     def get_many(
@@ -246,7 +263,7 @@ class ProfileDB:
     ) -> dict[tuple[int, int], Measurement]:
         """Every stored point for ``sig`` on this device."""
         cur = self._conn.execute(
-            "SELECT in_ch, out_ch, median_ms, spread, samples, number FROM measurements "
+            "SELECT in_ch, out_ch, median_ms, spread, samples, number, quality FROM measurements "
             "WHERE target=? AND fp_hash=? AND signature=?",
             (target, fp_hash, sig.key()),
         )
@@ -257,6 +274,35 @@ class ProfileDB:
         cur = self._conn.execute("SELECT target, fp_hash, fingerprint FROM devices")
         rows = [(t, h, json.loads(f)) for t, h, f in cur]
         return [r for r in rows if target is None or r[0] == target]
+
+    def quality_counts(self, target: str | None = None, fp_hash: str | None = None) -> dict:
+        """Stored points by quality flag (every flag present, zeros included)."""
+        cur = self._conn.execute(
+            "SELECT quality, COUNT(*) FROM measurements WHERE (?1 IS NULL OR target=?1) "
+            "AND (?2 IS NULL OR fp_hash=?2) GROUP BY quality",
+            (target, fp_hash),
+        )
+        return {**dict.fromkeys(QUALITIES, 0), **dict(cur.fetchall())}
+
+    def all_points(self, target: str, fp_hash: str) -> list[tuple[LayerSignature, int, int]]:
+        """(signature, in, out) of every stored point of a device, in a stable order."""
+        cur = self._conn.execute(
+            "SELECT signature, in_ch, out_ch FROM measurements WHERE target=? AND fp_hash=? "
+            "ORDER BY signature, in_ch, out_ch",
+            (target, fp_hash),
+        )
+        return [(LayerSignature.from_dict(json.loads(s)), i, o) for s, i, o in cur]
+
+    def set_quality(
+        self, target: str, fp_hash: str, sig: LayerSignature, point: tuple[int, int], quality: str
+    ) -> None:
+        """Re-flag one stored point (``profile --verify`` demotes points that moved)."""
+        with self._write(self._conn):
+            self._conn.execute(
+                "UPDATE measurements SET quality=? WHERE target=? AND fp_hash=? AND signature=? "
+                "AND in_ch=? AND out_ch=?",
+                (quality, target, fp_hash, sig.key(), *point),
+            )
 
     def count(self) -> int:
         """Number of stored measurements."""
@@ -300,6 +346,7 @@ class ProfileDB:
                     "spread": r[6],
                     "samples": r[7],
                     "number": r[8],
+                    "quality": r[10],
                 }
                 for r in c.execute("SELECT * FROM measurements ORDER BY 1,2,3,4,5")
             ],
@@ -317,7 +364,8 @@ class ProfileDB:
         for m in doc["measurements"]:
             key = (m["target"], m["fingerprint_hash"], LayerSignature.from_dict(m["signature"]))
             groups.setdefault(key, {})[(m["in_ch"], m["out_ch"])] = Measurement(
-                m["median_ms"], m["spread"], m["samples"], m["number"]
+                m["median_ms"], m["spread"], m["samples"], m["number"],
+                m.get("quality", QUALITY_LEGACY),
             )
         for (target, fp_hash, sig), points in groups.items():
             self.put_many(target, fps.get((target, fp_hash), {}), sig, points, fp_hash=fp_hash)
@@ -354,3 +402,13 @@ def fingerprint_hash(fingerprint: dict) -> str:
     """Stable 16-hex-digit hash of a device fingerprint dict (the database key)."""
     text = json.dumps(fingerprint, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _add_quality_column(conn: sqlite3.Connection) -> None:
+    """Migration (additive): databases written before quality flags get the column, and
+    their rows the flag ``legacy`` (usable, but not known to be clean)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(measurements)")}
+    if "quality" not in columns:
+        conn.execute(
+            f"ALTER TABLE measurements ADD COLUMN quality TEXT NOT NULL DEFAULT '{QUALITY_LEGACY}'"
+        )

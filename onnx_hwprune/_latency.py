@@ -42,6 +42,10 @@ def cost_model(opts: PruneOptions, source: onnx.ModelProto, progress: Callable |
         static = qdq_for_planning(static)
     if target.cost_source == "shipped":
         return shipped_cost_model(target.name, static, progress=progress), None
+    if opts.pinned_profile is not None:  # reproducible: reads that file only, times nothing
+        from onnx_hwprune.runtime.pinned import pinned_cost_model
+
+        return pinned_cost_model(opts.pinned_profile, static, target.name), None
     db = ProfileDB(opts.profile_db)
     try:
         if target.cost_source == "analytic":
@@ -69,7 +73,21 @@ def _measured(opts: PruneOptions, static: onnx.ModelProto, db, progress):
     from onnx_hwprune.runtime.targets import get_target
 
     backend = get_target(opts.target).make_backend(threads=opts.threads)
-    return build_cost_model(static, backend, opts.target, db, progress=progress), backend
+    cost = build_cost_model(static, backend, opts.target, db, progress=progress)
+    counts = db.quality_counts(opts.target, backend.fingerprint_hash())
+    if counts["noisy"] + counts["drifted"]:
+        log.warning(
+            "the profile holds %d noisy and %d drifted points (of %d): the next run that measures "
+            "re-measures them; see README 'Measuring on a shared machine'",
+            counts["noisy"], counts["drifted"], sum(counts.values()),
+        )  # fmt: skip
+    if opts.measure:  # a budget fraction is a fraction of what the original measures now
+        from onnx_hwprune.cost_models.anchor import anchored
+
+        now = measured_section(backend, {"original": static})["original"]["median_ms"]
+        log.info("original measured %.3f ms now (profile: %.3f ms)", now, cost.predict())
+        cost = anchored(cost, now)
+    return cost, backend
 
 
 BASELINE_NOTE = (
@@ -120,6 +138,8 @@ def predicted_section(cost, graph, groups: ChannelGroups, plan: Plan) -> dict[st
         "network_ms": [before["total_ms"], after["total_ms"]],
         "provenance": [before.get("provenance"), after.get("provenance")],
         "residual_ms": cost.residual_ms,
+        # the original as measured when planning (None: nothing measured here)
+        "anchored_to_ms": getattr(cost, "measured_full_ms", None),
         "layers": layers,
     }
 

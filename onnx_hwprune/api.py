@@ -99,10 +99,23 @@ def prune(
         return PruneResult(None, None, {"options": opts.to_json(), "reason": reason}, reason)
     if opts.needs_cost_model():
         ctx = replace(ctx, cost_model=cost, target=_target(opts))
-    planned = _plan(opts, mod, factory, ctx)
-    comp = _compensation(opts, planned)
-    pruned_graph = _remove(planned, ctx, comp)
-    out = export_model(pruned_graph)  # at the planning shapes: what latency is measured on
+
+    def attempt(ctx):
+        planned = _plan(opts, mod, factory, ctx)
+        comp = _compensation(opts, planned)
+        pruned_graph = _remove(planned, ctx, comp)
+        # at the planning shapes: what latency is measured on
+        return planned, (comp, pruned_graph), export_model(pruned_graph)
+
+    rounds = None
+    if _closes_loop(opts, backend):  # measure the result; re-plan while it misses
+        from onnx_hwprune.closed_loop import close_loop
+
+        attempted, rounds, cost = close_loop(attempt, ctx, opts.effective_budget, backend, source,
+                                             mod.groups, mod.graph)  # fmt: skip
+    else:
+        attempted = attempt(ctx)
+    planned, (comp, pruned_graph), out = attempted
     written, kept = out, None
     if opts.input_shapes and not opts.fix_input_shape:
         kept = keep_model_dims(model, planned.plan, lambda m: export_model(_remove(m, ctx, comp)))
@@ -126,7 +139,9 @@ def prune(
         model_stats(pruned_graph),
         opts.to_json(),
     )
-    _add_sections(report, opts, cost, backend, mod, planned.plan, source, out, written)
+    _add_sections(report, opts, cost, backend, mod, planned.plan, source, (out, written), rounds)
+    if rounds is not None:
+        report["latency"]["closed_loop"] = rounds
     if pruned_float is not None:
         _add_quantize_section(report, opts, source, pruned_float, written)
     if recovery is not None:
@@ -180,6 +195,14 @@ def _remove(planned: Module, ctx: PassContext, comp: Compensation | None):
     return graph
 
 
+def _closes_loop(opts: PruneOptions, backend) -> bool:
+    """A latency budget, measured on the target: plans are checked against the target."""
+    return (
+        backend is not None and opts.measure and opts.method_record().drive == "budget"
+        and opts.plan is None
+    )  # fmt: skip
+
+
 def _target(opts: PruneOptions):
     """The target record: its constraints (``plan.channel_multiple``) apply unless the
     context's config sets them explicitly."""
@@ -198,11 +221,20 @@ def _plan(opts: PruneOptions, mod: Module, factory, ctx: PassContext) -> Module:
     return Sequential(planning_passes(opts), "plan")(mod, ctx)
 
 
-def _add_sections(report, opts, cost, backend, mod, plan, source, out, written) -> None:
-    latency: dict = {}
+def _last_measured(last: dict) -> dict:
+    s0, s1 = last["spreads"]
+    return {"original": {"median_ms": last["original_ms"], "spread": s0},
+            "pruned": {"median_ms": last["measured_ms"], "spread": s1}}  # fmt: skip
+
+
+def _add_sections(report, opts, cost, backend, mod, plan, source, models, rounds=None) -> None:
+    """Latency predicted and measured (``models``: the model as planned and as written)."""
+    (out, written), latency = models, {}
     if cost is not None:
         latency["predicted"] = _latency.predicted_section(cost, mod.graph, mod.groups, plan)
-    if opts.measure and backend is not None:
+    if opts.measure and backend is not None and rounds:  # the loop's last measurement
+        latency["measured"] = _last_measured(rounds[-1])
+    elif opts.measure and backend is not None:
         latency["measured"] = _latency.measured_section(
             backend, {"original": source, "pruned": out}
         )

@@ -45,6 +45,7 @@ class PruneOptions:
     memory_budget: MemoryBudget | str | None = None
     threads: int | None = None
     profile_db: str | os.PathLike | None = None
+    pinned_profile: str | os.PathLike | None = None  # an export: plan from it alone
     measure: bool = True
     calib: object = None  # .npz path, image folder, arrays or an iterable of batches
     preprocess: str | None = None

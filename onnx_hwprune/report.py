@@ -100,12 +100,38 @@ def _latency_lines(report: dict[str, Any]) -> list[str]:
         if m1["median_ms"] > m0["median_ms"]:
             # The one outcome this tool exists to prevent: say it, never hide it.
             lines.append(_SLOWER_WARNING)
+        lines += _spread_warning(measured)
+    lines += _loop_lines(latency.get("closed_loop") or [])
     return lines + budget_lines(report)
 
 
 def _spread(timing: dict[str, Any]) -> str:
     spread = timing.get("spread")
     return "" if spread is None else f" (spread {100 * spread:.0f}%)"
+
+
+def _spread_warning(measured: dict[str, Any]) -> list[str]:
+    """An implausible measurement is said, not passed on silently."""
+    worst = max(m.get("spread", 0.0) for m in measured.values())
+    if worst <= 0.10:
+        return []
+    return [
+        f"WARNING: timings spread {100 * worst:.0f}% of their median (IQR): the machine was "
+        "noisy, the measured ratio is uncertain; re-measure on a quieter machine"
+    ]
+
+
+def _loop_lines(rounds: list[dict[str, Any]]) -> list[str]:
+    """One line per closed-loop round: measured against the budget."""
+    lines = []
+    for r in rounds:
+        verdict = "met" if r["miss"] <= 0.03 else "missed"
+        lines.append(
+            f"closed loop round {r['round']}: measured {r['measured_ms']:.3f} ms "
+            f"(predicted {r['predicted_ms']:.3f}) vs budget {r['budget_ms']:.3f} ms: "
+            f"{100 * r['miss']:+.1f}%, {verdict}" + (f" ({r['note']})" if r.get("note") else "")
+        )
+    return lines
 
 
 def _accuracy_lines(report: dict[str, Any]) -> list[str]:

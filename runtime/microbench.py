@@ -19,13 +19,19 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx_hwprune.cost_models.profile_db import Measurement, ProfileDB
+from onnx_hwprune.cost_models.profile_db import (
+    QUALITY_LEGACY,
+    UNTRUSTED,
+    Measurement,
+    ProfileDB,
+)
 from onnx_hwprune.cost_models.signature import LayerSignature, layer_shapes
 from onnx_hwprune.runtime.backend import Backend
+from onnx_hwprune.runtime.drift import quality_of
 from onnx_hwprune.runtime.qdq_layer import INT8_DTYPES, qdq_layer_model
 from onnx_hwprune.runtime.timing import TimingConfig, measure
 
-__all__ = ["build_layer_model", "layer_shapes", "measure_points"]
+__all__ = ["build_layer_model", "layer_shapes", "measure_points", "time_points"]
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +132,7 @@ def measure_points(
     config: TimingConfig | None = None,
     on_measured: Callable[[int], None] | None = None,
     anchor: tuple[tuple[int, int], float] | None = None,
+    guard=None,
 ) -> dict[tuple[int, int], Measurement]:
     """Measurements of ``sig`` at ``points`` on ``backend``; cached ones come from ``db``.
 
@@ -137,13 +144,20 @@ def measure_points(
     between groups (the same layer was seen 2x slower ten minutes later); ratios to a
     reference timed at the same moment do not, so all points of a signature stay on the
     reference's footing. The anchor's own time is not stored.
+
+    ``guard`` (a :class:`~.drift.DriftGuard`) re-times a reference kernel and the anchor
+    around every group, redoes drifted groups and flags each point clean/noisy/drifted.
+    With a guard, stored points flagged noisy or drifted are measured again first (once
+    per session). Without one, new points are flagged ``legacy`` (not checked).
     """
     points = sorted(set(points))
     fp_hash = backend.fingerprint_hash()
     found = db.get_many(target, fp_hash, sig, points) if db else {}
-    todo = [p for p in points if p not in found]
+    todo = [p for p in points if p not in found or _redo(found[p], guard, sig, p)]
     if todo:
-        found.update(_time_points(backend, sig, todo, config or TimingConfig(), anchor))
+        found.update(time_points(backend, sig, todo, config or TimingConfig(), anchor, guard))
+        if guard is not None:  # measured in this session: final for this session
+            guard.redone.update((sig, p) for p in todo)
         if db:
             db.put_many(target, backend.fingerprint(), sig, {p: found[p] for p in todo})
         if on_measured:
@@ -151,24 +165,51 @@ def measure_points(
     return {p: found[p] for p in points}
 
 
-def _time_points(backend, sig, points, config, anchor) -> dict[tuple[int, int], Measurement]:
-    out = {}
+def _redo(stored: Measurement, guard, sig: LayerSignature, point: tuple[int, int]) -> bool:
+    """A noisy/drifted point is re-measured, once per session, when a guard can measure."""
+    if guard is None or stored.quality not in UNTRUSTED or (sig, point) in guard.redone:
+        return False
+    guard.redone.add((sig, point))
+    return True
+
+
+def time_points(backend, sig, points, config, anchor, guard=None):
+    """Time ``points`` of ``sig`` now (no database): interleaved groups, rescaled by the
+    ``anchor`` ``((in, out), ms)`` when given, drift-checked and flagged with ``guard``."""
+    out: dict[tuple[int, int], Measurement] = {}
     for chunk in _chunks(sig, points):
-        use_anchor = anchor is not None
-        keys = [*chunk, anchor[0]] if use_anchor and anchor[0] not in chunk else chunk
+        keys = [*chunk, anchor[0]] if anchor is not None and anchor[0] not in chunk else chunk
         runnables = {p: backend.prepare(build_layer_model(sig, *p)) for p in keys}
         try:
-            timings = measure({p: r.sample for p, r in runnables.items()}, config)
+            timings, drifted = _time_group(runnables, config, anchor, guard)
         finally:
             for r in runnables.values():
                 r.close()
-        scale = anchor[1] / timings[anchor[0]].median_ms if use_anchor else 1.0
-        out.update(
-            (p, Measurement(t.median_ms * scale, t.spread, len(t.samples_ms), t.number))
-            for p, t in timings.items()
-            if p in chunk
-        )
+        scale = anchor[1] / timings[anchor[0]].median_ms if anchor is not None else 1.0
+        for p in chunk:
+            t = timings[p]
+            quality = quality_of(t, drifted, guard.config) if guard else QUALITY_LEGACY
+            out[p] = Measurement(t.median_ms * scale, t.spread, len(t.samples_ms), t.number,
+                                 quality)  # fmt: skip
     return out
+
+
+def _time_group(runnables, config, anchor, guard):
+    """Time one interleaved group; with a guard, redo it while the machine drifted.
+
+    Returns (timings, whether the last attempt still drifted)."""
+    samplers = {p: r.sample for p, r in runnables.items()}
+    if guard is None:
+        return measure(samplers, config), False
+    anchor_run = runnables[anchor[0]] if anchor is not None else None
+    for attempt in range(guard.config.retries + 1):
+        before = guard.check(anchor_run)
+        timings = measure(samplers, config)
+        if not guard.drifted(before, guard.check(anchor_run)):
+            return timings, False
+        guard.discarded += 1
+        logger.info("group of %d points drifted (attempt %d)", len(samplers), attempt + 1)
+    return timings, True
 
 
 def _chunks(sig: LayerSignature, points: list[tuple[int, int]], budget: int = _CHUNK_BYTES):

@@ -38,7 +38,8 @@ from onnx_hwprune.cost_models.profile_db import ProfileDB
 from onnx_hwprune.cost_models.signature import Layer, LayerSignature, extract_layers
 from onnx_hwprune.cost_models.stair_search import detect_axis, exhaustive_axis
 from onnx_hwprune.cost_models.staircase import SearchConfig, StaircaseModel
-from onnx_hwprune.runtime.backend import Backend
+from onnx_hwprune.runtime.backend import Backend, RecordedBackend
+from onnx_hwprune.runtime.drift import DriftConfig, DriftGuard
 from onnx_hwprune.runtime.microbench import measure_points
 from onnx_hwprune.runtime.timing import TimingConfig, measure
 
@@ -65,13 +66,15 @@ class BudgetExceeded(Exception):
 @dataclass(frozen=True)
 class ProfileOptions:
     """How to profile: search knobs, timing protocol, exhaustive sweep, time budget, and
-    whether every group re-times the layer's full point as an anchor against drift."""
+    whether every group re-times the layer's full point as an anchor against drift, and
+    the drift guard's thresholds (``drift=None`` turns the guard off)."""
 
     search: SearchConfig = field(default_factory=SearchConfig)
     timing: TimingConfig = field(default_factory=TimingConfig)
     exhaustive: bool = False
     time_budget_s: float | None = None
     anchor: bool = True
+    drift: DriftConfig | None = field(default_factory=DriftConfig)
 
 
 def load_model_and_layers(source) -> tuple[onnx.ModelProto, list[Layer]]:
@@ -109,13 +112,29 @@ def profile_layers(
     for layer in layers:
         distinct.setdefault(layer_key(layer), layer)
     models = {}
-    for index, (key, layer) in enumerate(distinct.items()):
-        label = f"{layer.node}: {layer.signature.describe()}"
-        report = _reporter(progress, index, len(distinct), label)
-        report(0)
-        axes = _axes_to_profile(layer)
-        models[key] = _profile_one(layer, axes, backend, target, db, options, report, deadline)
+    guard = _guard(backend, options)
+    try:
+        for index, (key, layer) in enumerate(distinct.items()):
+            label = f"{layer.node}: {layer.signature.describe()}"
+            report = _reporter(progress, index, len(distinct), label)
+            report(0)
+            axes = _axes_to_profile(layer)
+            models[key] = _profile_one(
+                layer, axes, backend, target, db, options, report, deadline, guard
+            )
+    finally:
+        if guard is not None:
+            guard.close()
+            if guard.discarded:
+                logger.warning("%d measurement groups drifted and were redone", guard.discarded)
     return models
+
+
+def _guard(backend: Backend, options: ProfileOptions) -> DriftGuard | None:
+    # A recorded device measures nothing: its stored points are all there is.
+    if options.drift is None or isinstance(backend, RecordedBackend):
+        return None
+    return DriftGuard(backend, options.drift)
 
 
 def _reporter(progress: Progress | None, index: int, count: int, label: str):
@@ -137,7 +156,7 @@ def _axes_to_profile(layer: Layer) -> tuple[str, ...]:
     return tuple(a for a, ok in (("in", layer.in_prunable), ("out", layer.out_prunable)) if ok)
 
 
-def _profile_one(layer, axes, backend, target, db, options, progress, deadline):
+def _profile_one(layer, axes, backend, target, db, options, progress, deadline, guard=None):
     sig, fi, fo = layer.signature, layer.in_channels, layer.out_channels
     per_ch = _per_ch(sig)
 
@@ -148,7 +167,7 @@ def _profile_one(layer, axes, backend, target, db, options, progress, deadline):
             raise BudgetExceeded(f"time budget reached while profiling {layer.node}")
         return measure_points(
             backend, target, sig, pairs, db=db, config=options.timing, on_measured=progress,
-            anchor=anchor[0] if anchor and options.anchor else None,
+            anchor=anchor[0] if anchor and options.anchor else None, guard=guard,
         )  # fmt: skip
 
     full = measure_pairs([(fi, fo)])[(fi, fo)]

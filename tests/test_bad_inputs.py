@@ -271,7 +271,8 @@ CASES: list[tuple[str, Build, str]] = [
      own_db(t, "UPDATE meta SET value='abc' WHERE key='schema_version'")],
      "schema version"),
     ("db_median_text", lambda t: ["profile", "export", str(t / "x.json"), "--profile-db",
-     own_db(t, "INSERT INTO measurements VALUES ('cpu','h','{}',1,1,'x',0,1,1,0)")],
+     own_db(t, "INSERT INTO measurements (target, fp_hash, signature, in_ch, out_ch, median_ms, "
+               "spread, samples, number, created) VALUES ('cpu','h','{}',1,1,'x',0,1,1,0)")],
      "malformed rows"),
     ("db_fingerprint_garbage", lambda t: ["profile", "export", str(t / "x.json"),
      "--profile-db", own_db(t, "INSERT INTO devices VALUES ('cpu','h','{')")],

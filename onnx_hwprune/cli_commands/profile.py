@@ -4,6 +4,7 @@ Usage::
 
     onnx-hwprune profile IN.onnx --target cpu [--threads N] [--time-budget S]
                          [--exhaustive] [--plot DIR] [--profile-db PATH] [--rebuild]
+                         [--verify [N]]
     onnx-hwprune profile export FILE.json [--profile-db PATH]
     onnx-hwprune profile import FILE.json [--profile-db PATH]
 
@@ -90,6 +91,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="FILE",
         help="also write the network cost model as JSON",
+    )
+    parser.add_argument(
+        "--verify",
+        type=_positive_int,
+        nargs="?",
+        const=20,
+        default=None,
+        metavar="N",
+        help="after profiling, re-time N stored points (default 20) and report how many "
+        "still hold; points that moved are re-measured on the next run",
     )
     from onnx_hwprune.cli_commands._rpc import add_rpc_arguments
 
@@ -206,6 +217,11 @@ def _profile(db, args: argparse.Namespace) -> int:
         return 3
     bar.finish()
     _print_summary(cost, source_text, bar)
+    _print_quality(db, cost)
+    if args.verify:
+        if rpc is not None:
+            raise UserError("--verify times points on this machine; it cannot use --rpc-tracker")
+        _verify(source, backend, args.target, db, args.verify)
     if args.json:
         from onnx_hwprune._paths import atomic_write
 
@@ -273,6 +289,31 @@ def _print_summary(cost, source: str, bar: ProgressBar) -> None:
             f"  {e.node:40s} {e.in_channels:5d}->{e.out_channels:<5d} "
             f"{e.model.full_ms:8.3f} ms x{e.scale:.2f} edges {edges}"
         )
+
+
+def _print_quality(db, cost) -> None:
+    """How clean the stored profile of this device is (counts by quality flag)."""
+    counts = db.quality_counts(cost.target, cost.fingerprint_hash)
+    print(
+        f"profile quality: {counts['clean']} clean, {counts['noisy']} noisy, "
+        f"{counts['drifted']} drifted, {counts['legacy']} legacy (unchecked) points"
+        + (
+            "; noisy/drifted points are re-measured first next run"
+            if counts["noisy"] or counts["drifted"]
+            else ""
+        )  # fmt: skip
+    )
+
+
+def _verify(source, backend, target: str, db, sample: int) -> None:
+    from onnx_hwprune.runtime.profiler import load_model_and_layers
+    from onnx_hwprune.runtime.verify import verify_profile
+
+    _, layers = load_model_and_layers(source)
+    result = verify_profile(layers, backend, target, db, sample=sample)
+    print(result.line(0.10))
+    for desc, (i, o), old, new in result.moved:
+        print(f"  moved: {desc} at {i}->{o}: stored {old:.3f} ms, now {new:.3f} ms")
 
 
 def _plot(cost, out_dir: Path) -> list[Path]:

@@ -115,6 +115,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--profile-db", metavar="PATH", help="profile database (default: in the user cache dir)"
     )
     target.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="plan from this exported profile only (profile export): no measuring, "
+        "byte-identical output on any machine",
+    )
+    target.add_argument(
         "--no-measure", action="store_true", help="skip timing the result on the target"
     )
     data = parser.add_argument_group("data")
@@ -229,7 +235,7 @@ def _check_paths(args: argparse.Namespace) -> None:
 
     if not Path(args.input).is_file():
         raise UserError(f"input model not found: {args.input}")
-    for name in ("calib", "eval_data", "plan"):
+    for name in ("calib", "eval_data", "plan", "profile"):
         path = getattr(args, name)
         if path is not None and not Path(path).exists():
             raise UserError(f"--{name.replace('_data', '')} {path}: not found")
@@ -238,6 +244,9 @@ def _check_paths(args: argparse.Namespace) -> None:
     guard.input("--calib", args.calib)
     guard.input("--eval", args.eval_data)
     guard.input("--plan", args.plan)
+    guard.input("--profile", args.profile)
+    if args.profile is not None and args.profile_db is not None:
+        raise UserError("--profile pins an exported profile; --profile-db would not be read")
     guard.updated("--profile-db", args.profile_db)  # read and written in place, by SQLite
     guard.output("OUT", args.output)
     guard.output("--report", args.report)
@@ -269,6 +278,7 @@ def _options(args: argparse.Namespace):
         memory_budget=args.memory_budget,
         threads=args.threads,
         profile_db=args.profile_db,
+        pinned_profile=args.profile,
         measure=not args.no_measure,
         calib=args.calib,
         preprocess=args.preprocess,

@@ -1,0 +1,53 @@
+"""Anchor a network cost model to whole-network measurements.
+
+Two corrections, both plain arithmetic on a :class:`~.network.NetworkCostModel`
+(``predict = sum_l scale_l * L_l + residual``):
+
+- :func:`anchored`: one factor on every layer and the residual, so that the prediction
+  for the original equals the original's latency measured *now*. The profile may be days
+  old or taken under other load; a budget fraction then means a fraction of what the
+  original measures today.
+- :func:`corrected`: after a pruned model was measured too, two points of the line
+  ``T = a * L + R`` are known (original and pruned), so the layer factor ``a`` and the
+  residual ``R`` are solved from both. It falls back to the proportional correction when
+  the two are too close to separate or the solution is not physical (a <= 0 or R < 0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from onnx_hwprune.cost_models.network import NetworkCostModel
+
+__all__ = ["anchored", "corrected", "layer_sum"]
+
+
+def layer_sum(cost: NetworkCostModel, channels=None) -> float:
+    """The layers' share of :meth:`~.network.NetworkCostModel.predict` (no residual)."""
+    return cost.predict(channels) - cost.residual_ms
+
+
+def _rescaled(cost: NetworkCostModel, a: float, residual: float, full_ms: float):
+    layers = tuple(replace(e, scale=e.scale * a) for e in cost.layers)
+    return replace(cost, layers=layers, residual_ms=residual, measured_full_ms=full_ms)
+
+
+def anchored(cost: NetworkCostModel, measured_ms: float) -> NetworkCostModel:
+    """``cost`` scaled so that its prediction for the original is ``measured_ms``."""
+    factor = measured_ms / cost.predict()
+    return _rescaled(cost, factor, cost.residual_ms * factor, measured_ms)
+
+
+def corrected(
+    cost: NetworkCostModel, channels, original_ms: float, pruned_ms: float
+) -> NetworkCostModel:
+    """``cost`` refit through the measured original and the measured pruned model."""
+    l0, l1 = layer_sum(cost), layer_sum(cost, channels)
+    if l0 - l1 > 0.02 * l0:
+        a = (original_ms - pruned_ms) / (l0 - l1)
+        residual = original_ms - a * l0
+        if a > 0 and residual >= 0:
+            return _rescaled(cost, a, residual, original_ms)
+    # Proportional: keep the residual's share, scale both through the pruned measurement.
+    factor = pruned_ms / cost.predict(channels)
+    return _rescaled(cost, factor, cost.residual_ms * factor, original_ms)

@@ -1,0 +1,93 @@
+"""The closed loop: measure the pruned model, and re-plan while it misses the budget.
+
+After the first plan is applied, the pruned model is timed on the target interleaved with
+the original (one run, so load hits both alike). When it misses the budget by more than
+:data:`TOLERANCE`, the cost model is refit through both measurements
+(:func:`~onnx_hwprune.cost_models.anchor.corrected`) and the job plans again, at most
+:data:`MAX_ROUNDS` times. A fractional budget is judged against the original measured in
+the same run, a budget in ms as given. Every round is reported.
+
+Two stops protect the plan from chasing noise: a round whose timings spread more than
+:data:`MAX_SPREAD` (IQR/median) is not used to correct anything (the miss may be noise;
+the report says so), and a corrected model that cannot reach the budget at all keeps the
+previous plan rather than removing everything it can.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from onnx_hwprune.cost_models.anchor import corrected
+from onnx_hwprune.passes.plan._channels import ChannelMap
+
+__all__ = ["MAX_ROUNDS", "TOLERANCE", "close_loop"]
+
+log = logging.getLogger(__name__)
+
+MAX_ROUNDS = 3
+TOLERANCE = 0.03
+MAX_SPREAD = 0.10
+
+Attempt = Callable[[Any], tuple[Any, Any, Any]]
+"""``attempt(ctx) -> (planned module, pruned module, pruned model)``: plan on
+``ctx.cost_model`` and apply the plan."""
+
+
+def close_loop(attempt: Attempt, ctx, budget, backend, source, groups, graph):
+    """Run ``attempt`` and re-plan through measurements; returns (attempt's result, rounds,
+    the cost model of the last plan)."""
+    from onnx_hwprune._latency import measured_section
+
+    result = attempt(ctx)
+    rounds: list[dict] = []
+    for index in range(MAX_ROUNDS + 1):
+        planned, out = result[0], result[-1]
+        got = measured_section(backend, {"original": source, "pruned": out})
+        orig, pruned = got["original"]["median_ms"], got["pruned"]["median_ms"]
+        budget_ms = budget.resolve(orig)
+        channels = _channels(ctx.cost_model, graph, groups, planned.plan)
+        rounds.append(_round(index, ctx.cost_model.predict(channels), orig, pruned, budget_ms))
+        rounds[-1]["spreads"] = [got["original"]["spread"], got["pruned"]["spread"]]
+        log.info("closed loop round %d: %s", index, rounds[-1])
+        if pruned <= budget_ms * (1 + TOLERANCE) or index == MAX_ROUNDS:
+            break
+        if max(rounds[-1]["spreads"]) > MAX_SPREAD:
+            rounds[-1]["note"] = "timings too noisy to correct the model; stopped"
+            break
+        fresh_ctx = replace(ctx, cost_model=corrected(ctx.cost_model, channels, orig, pruned))
+        fresh = attempt(fresh_ctx)
+        note = _reject(fresh, result, fresh_ctx.cost_model, graph, groups, budget)
+        if note:
+            rounds[-1]["note"] = note
+            break
+        result, ctx = fresh, fresh_ctx
+    return result, rounds, ctx.cost_model
+
+
+def _reject(fresh, previous, cost, graph, groups, budget) -> str | None:
+    """Why the re-plan is not worth measuring, or None."""
+    if fresh[0].plan.groups == previous[0].plan.groups:
+        return "re-plan gave the same plan; stopped"
+    predicted = cost.predict(_channels(cost, graph, groups, fresh[0].plan))
+    if predicted > budget.resolve(cost.predict()) * (1 + TOLERANCE):
+        return "the corrected model cannot reach the budget; kept the previous plan"
+    return None
+
+
+def _channels(cost, graph, groups, plan) -> dict:
+    cmap = ChannelMap(graph, groups, [e.node for e in cost.layers])
+    return cmap.all_counts({n: gp.size - len(gp.keep) for n, gp in plan.groups.items()})
+
+
+def _round(index: int, predicted: float, orig: float, pruned: float, budget_ms: float) -> dict:
+    return {
+        "round": index,
+        "predicted_ms": predicted,
+        "measured_ms": pruned,
+        "original_ms": orig,
+        "budget_ms": budget_ms,
+        "miss": pruned / budget_ms - 1,
+    }

@@ -1,0 +1,139 @@
+"""The closed loop: a plan that misses the measured budget is corrected and re-planned."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from onnx_hwprune.api import prune
+from onnx_hwprune.options import PruneOptions
+from onnx_hwprune.runtime.backend import Backend, Runnable
+from onnx_hwprune.runtime.targets import TARGETS
+from onnx_hwprune.target import Target
+from tests.helpers import tiny_cnn
+
+MS_PER_WEIGHT = 0.01
+
+
+class OverheadMachine(Backend):
+    """Every weight costs MS_PER_WEIGHT ms in a one-layer benchmark and in the network;
+    a whole network also pays ``overhead_ms`` that no layer benchmark sees. Calibrated
+    proportionally, the model over-credits pruning: the true cost differs from it by a
+    known amount."""
+
+    name = "overhead-machine"
+
+    def __init__(self, overhead_ms: float):
+        self.overhead_ms = overhead_ms
+        self.networks_timed = 0
+
+    def fingerprint(self) -> dict:
+        return {"machine": "overhead", "overhead_ms": self.overhead_ms}
+
+    def prepare(self, model: onnx.ModelProto) -> Runnable:
+        weights = sum(int(np.prod(i.dims)) for i in model.graph.initializer if len(i.dims) >= 2)
+        network = model.graph.name != "layer"
+        self.networks_timed += network
+        ms = MS_PER_WEIGHT * weights + (self.overhead_ms if network else 0.0)
+
+        class Fixed(Runnable):
+            def sample(self, number: int) -> float:
+                return ms * 1e-3
+
+        return Fixed()
+
+
+@pytest.fixture
+def fake_target(monkeypatch, tmp_path):
+    def register(machine: Backend) -> PruneOptions:
+        record = Target("fake", "a fake machine", "fake", lambda **_: machine, lambda: (True, ""))
+        monkeypatch.setitem(TARGETS, "fake", record)
+        return PruneOptions(target="fake", latency_budget="0.6",
+                            profile_db=tmp_path / "p.sqlite")  # fmt: skip
+
+    return register
+
+
+def test_loop_corrects_the_model_and_meets_the_budget(fake_target):
+    machine = OverheadMachine(overhead_ms=4.0)
+    result = prune(tiny_cnn(16), fake_target(machine))
+    rounds = result.report["latency"]["closed_loop"]
+    assert 2 <= len(rounds) <= 4
+    assert rounds[0]["miss"] > 0.03  # the proportional model over-credited pruning
+    assert rounds[-1]["miss"] <= 0.03  # the corrected model's plan meets the budget
+    assert [r["round"] for r in rounds] == list(range(len(rounds)))
+    full = MS_PER_WEIGHT * (8 * 3 * 9 + 8 * 8 * 9 + 4 * 8) + 4.0  # tiny_cnn's true cost
+    assert rounds[-1]["budget_ms"] == pytest.approx(0.6 * full)
+    assert rounds[-1]["measured_ms"] <= 0.6 * full * 1.03
+
+
+def test_loop_stops_after_one_round_when_the_model_is_right(fake_target):
+    result = prune(tiny_cnn(16), fake_target(OverheadMachine(overhead_ms=0.0)))
+    (only,) = result.report["latency"]["closed_loop"]
+    assert only["miss"] <= 0.03 and only["predicted_ms"] == pytest.approx(only["measured_ms"])
+    assert result.report["latency"]["predicted"]["anchored_to_ms"] == pytest.approx(
+        only["original_ms"]
+    )
+
+
+def test_summary_reports_each_round_against_the_budget(fake_target):
+    from onnx_hwprune.report import format_summary
+
+    result = prune(tiny_cnn(16), fake_target(OverheadMachine(overhead_ms=4.0)))
+    text = format_summary(result.report)
+    rounds = result.report["latency"]["closed_loop"]
+    lines = [line for line in text.splitlines() if line.startswith("closed loop round")]
+    assert len(lines) == len(rounds) >= 2
+    assert lines[0].endswith("missed") and lines[-1].endswith("met")
+    measured = result.report["latency"]["measured"]
+    assert measured["pruned"]["median_ms"] == rounds[-1]["measured_ms"]
+
+
+def test_implausible_spread_is_said():
+    from onnx_hwprune.report import _latency_lines
+
+    latency = {
+        "predicted": {"network_ms": [10.0, 8.0], "target": "cpu", "source": "here"},
+        "measured": {
+            "original": {"median_ms": 26.0, "spread": 1.12},
+            "pruned": {"median_ms": 1.5, "spread": 13.29},
+        },
+    }
+    lines = _latency_lines({"latency": latency})
+    assert any("spread 1329%" in line for line in lines)
+    latency["measured"]["pruned"]["spread"] = latency["measured"]["original"]["spread"] = 0.02
+    assert not any("spread" in line for line in _latency_lines({"latency": latency}))
+
+
+class NoisyOverhead(OverheadMachine):
+    """The overhead machine, quiet while profiling and anchoring (the first two networks
+    timed), then with whole-network samples cycling through 1, 1.5, 1, 0.6 times their
+    time: the median holds, the spread does not."""
+
+    def prepare(self, model: onnx.ModelProto) -> Runnable:
+        inner, state = super().prepare(model), [0]
+        network = model.graph.name != "layer" and self.networks_timed > 2
+
+        class Noisy(Runnable):
+            def sample(self, number: int) -> float:
+                state[0] += 1
+                noise = (1.0, 1.5, 1.0, 0.6)[state[0] % 4] if network else 1.0
+                return inner.sample(number) * noise
+
+        return Noisy()
+
+
+def test_loop_does_not_correct_on_noisy_timings(fake_target):
+    result = prune(tiny_cnn(16), fake_target(NoisyOverhead(overhead_ms=4.0)))
+    (only,) = result.report["latency"]["closed_loop"]
+    assert only["miss"] > 0.03 and max(only["spreads"]) > 0.10
+    assert "too noisy" in only["note"]
+
+
+def test_unreachable_budget_keeps_the_measured_plan(fake_target):
+    # 20 ms that no layer owns: 60% of the original is out of reach of any pruning.
+    result = prune(tiny_cnn(16), fake_target(OverheadMachine(overhead_ms=20.0)))
+    (only,) = result.report["latency"]["closed_loop"]
+    assert only["miss"] > 0.03 and "cannot reach the budget" in only["note"]
+    assert result.report["latency"]["measured"]["pruned"]["median_ms"] == only["measured_ms"]
