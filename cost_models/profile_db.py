@@ -236,8 +236,7 @@ class ProfileDB:
         fp_hash = fp_hash or fingerprint_hash(fingerprint)
         now, key = time.time(), sig.key()
         rows = [
-            (target, fp_hash, key, i, o, m.median_ms, m.spread, m.samples, m.number, now,
-             m.quality)
+            (target, fp_hash, key, i, o, m.median_ms, m.spread, m.samples, m.number, now, m.quality)
             for (i, o), m in points.items()
         ]
         with self._write(self._conn):
@@ -364,7 +363,10 @@ class ProfileDB:
         for m in doc["measurements"]:
             key = (m["target"], m["fingerprint_hash"], LayerSignature.from_dict(m["signature"]))
             groups.setdefault(key, {})[(m["in_ch"], m["out_ch"])] = Measurement(
-                m["median_ms"], m["spread"], m["samples"], m["number"],
+                m["median_ms"],
+                m["spread"],
+                m["samples"],
+                m["number"],
                 m.get("quality", QUALITY_LEGACY),
             )
         for (target, fp_hash, sig), points in groups.items():

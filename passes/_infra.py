@@ -78,7 +78,9 @@ CONFIG_KEYS: Mapping[str, ConfigKey] = {
     "plan.max_group_ratio": ConfigKey(
         # 0.75: every group keeps at least a quarter of its channels (a 16-channel stem
         # keeps 4, not 2) unless the user asks for deeper cuts explicitly.
-        float, 0.75, "global and latency planning remove at most this share of a group"
+        float,
+        0.75,
+        "global and latency planning remove at most this share of a group",
     ),
     "verify.each_pass": ConfigKey(bool, False, "run the model verifier after every pass (debug)"),
     "plan.stair_tolerance": ConfigKey(float, 0.01, "latency levels closer than this share a stair"),

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from onnx_hwprune.testing.zoo import LIGHT_ZOO
+
 __all__ = ["CORPUS", "CorpusModel", "corpus_model", "fetch_wheel_models"]
 
 
@@ -50,20 +52,7 @@ CORPUS: dict[str, Entry] = {
     "dddd_common": Entry("ddddocr", "common.onnx", "input1:1,1,64,256"),
     "dddd_common_det": Entry("ddddocr", "common_det.onnx"),
     "dddd_common_old": Entry("ddddocr", "common_old.onnx", "input1:1,1,64,256"),
-    **{
-        f"zoo_{n}": Entry("zoo", n)
-        for n in (
-            "resnet50",
-            "densenet121",
-            "inception_v1",
-            "inception_v2",
-            "squeezenet",
-            "shufflenet",
-            "vgg19",
-            "bvlc_alexnet",
-            "zfnet512",
-        )  # fmt: skip
-    },
+    **{f"zoo_{n}": Entry("zoo", n) for n in LIGHT_ZOO},
     **{
         f"torch_{n}": Entry("torch", n, "images:1,3,64,64")
         for n in ("yolo_style", "unet", "efficientnet_style", "resnet18")

@@ -161,7 +161,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "data); --recover auto takes the cheapest method within P points of agreement",
     )
     data.add_argument(
-        "--recover-steps", type=_positive_int, default=300, metavar="N",
+        "--recover-steps",
+        type=_positive_int,
+        default=300,
+        metavar="N",
         help="--recover distill: training steps at most (default 300)",
     )
     data.add_argument(
