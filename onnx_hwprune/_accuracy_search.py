@@ -80,6 +80,8 @@ def prune_within_accuracy(model, opts: PruneOptions, **kwargs: Any):
         probe, _ = trial(1.0)
         first = min(1.0, budget.ms / probe.report["plan"]["meta"]["full_ms"])
     best, ok = trial(first)
+    if best.model is None:  # nothing prunable or priceable: no budget changes that
+        return best
     chosen, fraction = (best, first) if ok else (None, None)
     lo, hi = first, 1.0
     for _ in range(0 if ok else STEPS):

@@ -40,7 +40,8 @@ def test_pinned_profile_gives_byte_identical_outputs(tmp_path, monkeypatch):
     assert _prune(tmp_path, "a", source, profile) == 0
     assert _prune(tmp_path, "b", source, profile) == 0
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
-    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+    # The reports agree too, but for the exact planner's wall-clock timings of itself.
+    assert _without_timings(tmp_path / "a.json") == _without_timings(tmp_path / "b.json")
     pruned = onnx.load(tmp_path / "a.onnx")
     w0 = next(i for i in pruned.graph.initializer if i.name == "w0")
     assert w0.dims[0] < 8  # the budget made the planner remove channels
@@ -57,3 +58,10 @@ def test_pinned_profile_without_this_model_is_a_clear_error(tmp_path, capsys):
     assert _prune(tmp_path, "a", source, profile) == 2
     assert "lacks measurements of this model" in capsys.readouterr().err
     assert not (tmp_path / "a.onnx").exists()
+
+
+def _without_timings(path) -> dict:
+    report = json.loads(path.read_text())
+    for key in ("planning_seconds", "solver_seconds"):
+        report["plan"]["meta"].pop(key, None)
+    return report
