@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from helpers import tiny_cnn
 
 from onnx_hwprune.api import prune
 from onnx_hwprune.options import PruneOptions
 from onnx_hwprune.runtime.backend import Backend, Runnable
 from onnx_hwprune.runtime.targets import TARGETS
 from onnx_hwprune.target import Target
-from tests.helpers import tiny_cnn
 
 MS_PER_WEIGHT = 0.01
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import onnx
+from helpers import tiny_cnn
+from test_drift import FAST, FakeMachine
 
 from onnx_hwprune.cli import main
 from onnx_hwprune.cost_models.profile_db import ProfileDB, default_db_path
 from onnx_hwprune.runtime.profiler import build_cost_model
-from tests.helpers import tiny_cnn
-from tests.test_drift import FAST, FakeMachine
 
 
 def _exported_profile(tmp_path, model: onnx.ModelProto):
