@@ -11,7 +11,6 @@ from onnx_hwprune.frontends.onnx._graph import (
 )
 from onnx_hwprune.frontends.onnx._io import (
     ModelSource,
-    check_output_path,
     read_model,
     serialize,
     write_bytes_atomic,
@@ -29,7 +28,6 @@ __all__ = [
     "check_shape_overrides",
     "MIN_OPSET",
     "ModelSource",
-    "check_output_path",
     "default_opset",
     "export_model",
     "load_graph",

@@ -13,10 +13,10 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-from onnx_hwprune._paths import PathGuard, atomic_write
+from onnx_hwprune._paths import atomic_write
 from onnx_hwprune.errors import UserError
 
-__all__ = ["ModelSource", "read_model", "serialize", "write_bytes_atomic", "check_output_path"]
+__all__ = ["ModelSource", "read_model", "serialize", "write_bytes_atomic"]
 
 ModelSource = str | os.PathLike | bytes | onnx.ModelProto
 
@@ -63,15 +63,6 @@ def _uses_external_data(model: onnx.ModelProto) -> bool:
 def serialize(model: onnx.ModelProto) -> bytes:
     """Deterministic bytes: map fields in a fixed order."""
     return model.SerializeToString(deterministic=True)
-
-
-def check_output_path(out: str | os.PathLike, inp: str | os.PathLike | None = None) -> Path:
-    """Fail early (before any work) when OUT cannot be written or would overwrite IN."""
-    guard = PathGuard()
-    guard.input("input", inp)
-    guard.output("output", out)
-    guard.check()
-    return Path(out)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
