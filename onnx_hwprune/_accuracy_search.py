@@ -32,11 +32,12 @@ GUARD_COSINE = 0.95  # the default job's floor on output cosine and top-1 agreem
 
 def accuracy_drop(report: dict[str, Any]) -> float:
     """Points of top-1 lost (or of disagreement with the original, for unlabelled data);
-    without ``--eval``, points of output cosine lost on the data at hand (the guard)."""
+    without ``--eval``, points lost on the data at hand by the worst of output cosine,
+    top-1 agreement and, for sequences, agreement on content positions (the guard)."""
     if "accuracy" not in report:
-        fid = report.get("fidelity", {})
-        agree = fid.get("top1_agreement")
-        return 100.0 * (1.0 - min(fid.get("cosine", 1.0), 1.0 if agree is None else agree))
+        from onnx_hwprune.runtime.fidelity import worst_agreement
+
+        return 100.0 * (1.0 - worst_agreement(report.get("fidelity", {})))
     acc = report["accuracy"]
     if acc.get("top1") is not None:
         before, after = acc["top1"]

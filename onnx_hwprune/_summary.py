@@ -80,6 +80,11 @@ def _fidelity_lines(report: dict[str, Any]) -> list[str]:
     parts = []
     if fid.get("top1_agreement") is not None:
         parts.append(f"top-1 agreement {100 * fid['top1_agreement']:.1f}%")
+    if fid.get("content_agreement") is not None:
+        parts.append(
+            f"agreement on {fid['content_positions']} non-blank positions "
+            f"{100 * fid['content_agreement']:.1f}%"
+        )
     parts.append(f"output cosine {fid['cosine']:.3f}")
     lines = [f"outputs vs the original on {fid['data']}: {', '.join(parts)}"]
     if fid.get("warning"):
