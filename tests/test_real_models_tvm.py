@@ -12,6 +12,7 @@ with a reason.
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -29,6 +30,8 @@ from onnx_hwprune.frontends.onnx import (
     parse_input_shapes,
     with_static_inputs,
 )
+from onnx_hwprune.passes._infra import Module, PassContext
+from onnx_hwprune.passes.analysis.channel_groups import ChannelGroupAnalysis
 from onnx_hwprune.runtime.profiler import build_cost_model
 
 TARGET = "tvm-llvm"
@@ -37,17 +40,18 @@ TARGET = "tvm-llvm"
 def _pinned_profile(model, tmp_path):
     """A ``profile export`` of ``model`` at its planning shape on the fake machine.
 
-    The job prices the static model it derives from ``--input-shape`` (export of the
-    normalised graph, batch 1): the same steps here give the same layers and model key.
+    The job prices the static model it derives from ``--input-shape`` (the analysed,
+    exported graph at batch 1: ``api.prune_once``): the same steps here give the same
+    layers and model key.
     A model with nothing to price gets the device's record only (from a tiny CNN)."""
     shapes = parse_input_shapes([model.input_shape]) if model.input_shape else None
-    static = with_static_inputs(export_model(load_graph(str(model.path), shapes)))
+    analysed = ChannelGroupAnalysis()(Module(load_graph(str(model.path), shapes)), PassContext())
+    static = with_static_inputs(export_model(analysed.graph))
     with ProfileDB(tmp_path / "fake.sqlite") as db:
         build_cost_model(tiny_cnn(8), FakeMachine(), TARGET, db, FAST_TIMING)
-        try:
+        # Nothing to price: the job says so and copies the model (checked by _check_job).
+        with contextlib.suppress(NothingToPrice):
             build_cost_model(static, FakeMachine(), TARGET, db, FAST_TIMING)
-        except NothingToPrice:
-            pass  # the job says so and copies the model (checked by _check_job)
         doc = db.export_json()
     path = tmp_path / "profile.json"
     path.write_text(json.dumps(doc))
