@@ -27,6 +27,7 @@ __all__ = ["output_fidelity", "synthetic_batches", "worst_agreement", "FIDELITY_
 
 FIDELITY_FLOOR = 0.9  # below this cosine (agreement: 0.8), the summary warns loudly
 _SAMPLES = 16
+DOMINANT = 0.8  # share of positions the background must hold for content agreement
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
@@ -71,8 +72,13 @@ def _content(a_idx: np.ndarray, b_idx: np.ndarray) -> tuple[int, int]:
 
     The background is the class the original predicts most often in the sample (the CTC
     blank); a content position is one where either model predicts anything else, and it
-    agrees when both predict the same class there (a Jaccard index of the content)."""
+    agrees when both predict the same class there (a Jaccard index of the content). Only
+    samples whose background covers :data:`DOMINANT` of the positions count: elsewhere
+    (a detector's box head, argmax over coordinates) the per-position agreement is not
+    hidden by one class, and the measure would only add noise."""
     values, counts = np.unique(a_idx, return_counts=True)
+    if counts.max() < DOMINANT * len(a_idx):  # no dominant class: top-1 agreement suffices
+        return 0, 0
     background = values[counts.argmax()]
     content = (a_idx != background) | (b_idx != background)
     return int((content & (a_idx == b_idx)).sum()), int(content.sum())

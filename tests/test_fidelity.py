@@ -75,3 +75,12 @@ def test_classifier_outputs_have_no_content_measure():
     x = {"x": np.arange(C, dtype=np.float32)[None]}
     fid = output_fidelity(model, model, [x])
     assert fid["top1_agreement"] == 1.0 and fid["content_agreement"] is None
+
+
+def test_no_dominant_class_leaves_top1_agreement_alone():
+    """A detector's box head (argmax over coordinates) has no blank: where the most
+    frequent class holds under 80% of the positions, content agreement is not measured."""
+    x = np.zeros((1, T, C), np.float32)
+    x[0, :30, 1] = 12.0  # 30% of the positions read class 1: no dominant background
+    fid = output_fidelity(_sequence_model([0, 1, 2, 3]), _sequence_model([0, 2, 1, 3]), [{"x": x}])
+    assert fid["content_agreement"] is None and fid["top1_agreement"] == 0.7
