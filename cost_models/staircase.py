@@ -26,6 +26,7 @@ __all__ = [
     "Estimate",
     "SearchConfig",
     "StaircaseModel",
+    "valuation",
 ]
 
 logger = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ class AxisProfile:
         if count in measured:
             return Estimate(measured[count], "measured")
         factors = dict(self.penalties)
-        if count % self.align and _valuation(count) in factors:
+        if count % self.align and valuation(count) in factors:
             return Estimate(self._unaligned(count, factors), "estimated")
         ms = _interpolate(self._lattice_points(), count)
         return Estimate(ms, "interpolated" if self.lo <= count <= self.full else "estimated")
@@ -117,8 +118,8 @@ class AxisProfile:
         linear in channels): a line through the measured points of the count's 2-adic class
         where they span enough of the range, else the aligned staircase times the class's
         measured factor."""
-        v = _valuation(count)
-        pts = [(c, ms) for c, ms, _ in self.points if c % self.align and _valuation(c) == v]
+        v = valuation(count)
+        pts = [(c, ms) for c, ms, _ in self.points if c % self.align and valuation(c) == v]
         span = max((c for c, _ in pts), default=0) - min((c for c, _ in pts), default=0)
         if span * 4 >= self.full - self.lo and len(pts) >= 2:
             xs, ys = [c for c, _ in pts], [ms for _, ms in pts]
@@ -143,8 +144,9 @@ class AxisProfile:
         return pts or [(c, ms) for c, ms, _ in self.points]
 
 
-def _valuation(count: int) -> int:
-    """Number of trailing zero bits of ``count``, capped at ``_MAX_VALUATION``."""
+def valuation(count: int) -> int:
+    """Number of trailing zero bits of ``count``, capped at ``_MAX_VALUATION`` (the
+    alignment classes: odd, 2 mod 4, 4 mod 8, 8 mod 16, multiple of 16)."""
     v = 0
     while count % 2 == 0 and v < _MAX_VALUATION:
         count //= 2

@@ -28,7 +28,7 @@ import onnxruntime as ort
 
 from onnx_hwprune.runtime.ort_cpu import random_feeds, session_options
 
-__all__ = ["InContextProfile", "attribute_to_layers", "profile_nodes"]
+__all__ = ["InContextProfile", "attribute_to_layers", "profile_nodes", "profile_nodes_interleaved"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,38 @@ def profile_nodes(model: onnx.ModelProto, threads: int, runs: int = 10) -> dict[
             session.run(None, feeds)
         with open(session.end_profiling(), encoding="utf-8") as f:
             events = json.load(f)
+    per_run: dict[str, list[float]] = {}
+    for ev in events:
+        if ev.get("cat") == "Node" and ev.get("name", "").endswith("_kernel_time"):
+            name = ev["name"][: -len("_kernel_time")].removesuffix("_nchwc")
+            per_run.setdefault(name, []).append(ev["dur"] / 1e3)
+    return {n: statistics.median(v[-runs:]) for n, v in per_run.items()}
+
+
+def profile_nodes_interleaved(
+    models: dict[str, onnx.ModelProto], threads: int, runs: int = 10
+) -> dict[str, dict[str, float]]:
+    """:func:`profile_nodes` of several models, run in interleaved rounds (one run of each
+    model per round), so that a change of machine speed hits every model alike and the
+    ratios between them stay true on a shared machine."""
+    with tempfile.TemporaryDirectory() as tmp:
+        sessions, feeds = {}, {}
+        for i, (name, model) in enumerate(models.items()):
+            opts = session_options(threads, profile_prefix=os.path.join(tmp, f"p{i}"))
+            sessions[name] = ort.InferenceSession(
+                model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+            )
+            feeds[name] = random_feeds(model)
+        for _ in range(3 + runs):  # the first 3 rounds warm up; dropped below
+            for name, session in sessions.items():
+                session.run(None, feeds[name])
+        files = {name: s.end_profiling() for name, s in sessions.items()}
+        return {name: _node_medians(path, runs) for name, path in files.items()}
+
+
+def _node_medians(path: str, runs: int) -> dict[str, float]:
+    with open(path, encoding="utf-8") as f:
+        events = json.load(f)
     per_run: dict[str, list[float]] = {}
     for ev in events:
         if ev.get("cat") == "Node" and ev.get("name", "").endswith("_kernel_time"):

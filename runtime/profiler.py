@@ -66,8 +66,9 @@ class BudgetExceeded(Exception):
 @dataclass(frozen=True)
 class ProfileOptions:
     """How to profile: search knobs, timing protocol, exhaustive sweep, time budget, and
-    whether every group re-times the layer's full point as an anchor against drift, and
-    the drift guard's thresholds (``drift=None`` turns the guard off)."""
+    whether every group re-times the layer's full point as an anchor against drift, the
+    drift guard's thresholds (``drift=None`` turns the guard off), and whether whole pruned
+    networks are timed in context to correct the staircases (:mod:`.context_profile`)."""
 
     search: SearchConfig = field(default_factory=SearchConfig)
     timing: TimingConfig = field(default_factory=TimingConfig)
@@ -75,6 +76,7 @@ class ProfileOptions:
     time_budget_s: float | None = None
     anchor: bool = True
     drift: DriftConfig | None = field(default_factory=DriftConfig)
+    context: bool = True
 
 
 def load_model_and_layers(source) -> tuple[onnx.ModelProto, list[Layer]]:
@@ -288,4 +290,49 @@ def build_cost_model(
         cal = {"total_ms": total, "residual_ms": residual, "scales": scales}
         if db:
             db.put_calibration(target, fp, mkey, cal)
-    return assemble_cost_model(target, fp, layers, models, cal)
+    key = (target, fp, mkey)
+    context = in_context_corrections(model, layers, models, backend, key, db, options)
+    return assemble_cost_model(target, fp, layers, models, cal, context)
+
+
+def in_context_corrections(model, layers, models, backend, key, db, options=None) -> dict:
+    """Per-layer :class:`~onnx_hwprune.cost_models.context.ContextCorrection` from the
+    in-context points stored under ``key`` = (target, fingerprint hash, model hash), timing
+    them first where the backend has a per-node profiler and none are stored."""
+    from onnx_hwprune.cost_models.context import correction_from_points
+
+    points = db.get_context(*key) if db else []
+    node_times = _node_times_many(backend)
+    if not points and node_times is not None and (options or ProfileOptions()).context:
+        points = _measure_context(model, layers, node_times)
+        if db and points:
+            db.put_context(*key, points)
+    by_node: dict[str, list] = {}
+    for p in points:
+        by_node.setdefault(p.node, []).append(p)
+    out = {}
+    for layer in layers:
+        corr = correction_from_points(models[layer_key(layer)], layer.in_channels,
+                                      layer.out_channels, by_node.get(layer.node, []))  # fmt: skip
+        if corr is not None:
+            out[layer.node] = corr
+    return out
+
+
+def _node_times_many(backend: Backend):
+    """``{name: model} -> {name: node times}``: interleaved where the backend offers it."""
+    many = getattr(backend, "node_times_many", None)
+    one = getattr(backend, "node_times", None)
+    if many is None and one is not None:
+        return lambda models: {name: one(m) for name, m in models.items()}
+    return many
+
+
+def _measure_context(model, layers, node_times) -> list:
+    from onnx_hwprune.runtime.context_profile import measure_context
+
+    try:
+        return measure_context(model, layers, node_times)
+    except Exception as exc:  # noqa: BLE001 - the isolated staircase still prices every layer
+        logger.warning("in-context timing failed (%s): staircases stay uncorrected", exc)
+        return []
