@@ -85,6 +85,7 @@ class DriftGuard:
         self.baseline_ms: float | None = None
         self.discarded = 0  # groups measured again because they drifted
         self.redone: set = set()  # (signature, point) measured in this session: not again
+        self._last: tuple | None = None  # (anchor key, the latest check's timings)
 
     def _reference_runnable(self) -> Runnable:
         if self._reference is None:
@@ -103,6 +104,20 @@ class DriftGuard:
         ref = got["reference"].median_ms
         if self.baseline_ms is None or ref < self.baseline_ms:
             self.baseline_ms = ref  # the machine got calmer (or this is the first reading)
+        return got
+
+    def check_before(self, key, anchor: Runnable | None = None) -> dict[str, Timing]:
+        """The check before a group: the previous group's after-check when it timed the
+        same anchor ``key`` (nothing ran in between but preparing sessions), else a new
+        one. Chaining halves the guard's cost: consecutive groups share one check."""
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
+        return self.check(anchor)
+
+    def check_after(self, key, anchor: Runnable | None = None) -> dict[str, Timing]:
+        """The check after a group; remembered as the next group's before-check."""
+        got = self.check(anchor)
+        self._last = (key, got)
         return got
 
     def drifted(self, before: dict[str, Timing], after: dict[str, Timing]) -> bool:

@@ -192,3 +192,27 @@ def test_cli_profile_prints_quality_and_verify(tmp_path, capsys):
     line = re.search(r"profile quality: (\d+) clean, (\d+) noisy, (\d+) drifted, (\d+) legacy", out)
     assert line and sum(map(int, line.groups())) == total > 3 and line.group(4) == "0"
     assert "verify: " in out and "of 3 stored points still hold" in out
+
+
+def test_consecutive_groups_share_one_check(tmp_path, monkeypatch):
+    """The check after a group is the next group's check before it (same anchor): the
+    guard costs one check per group, not two, and still catches the slowdown above."""
+    from onnx_hwprune.runtime import drift, microbench
+
+    calls = {"check": 0, "group": 0}
+    check, measure = drift.DriftGuard.check, microbench.measure
+
+    def counted_check(self, anchor=None):
+        calls["check"] += 1
+        return check(self, anchor)
+
+    def counted_measure(samplers, config=None):
+        calls["group"] += 1
+        return measure(samplers, config)
+
+    monkeypatch.setattr(drift.DriftGuard, "check", counted_check)
+    monkeypatch.setattr(microbench, "measure", counted_measure)
+    with ProfileDB(tmp_path / "p.sqlite") as db:
+        build_cost_model(_model(), FakeMachine(), "cpu", db, FAST)
+    assert calls["group"] > 3
+    assert calls["group"] < calls["check"] < 2 * calls["group"]
