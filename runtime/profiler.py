@@ -184,10 +184,11 @@ def _profile_one(layer, axes, backend, target, db, options, progress, deadline, 
             profiles.append((axis, detect_axis(fn, n_full, options.search)))
     kind = "dense" if sig.group_kind == "dense" else "tied"
     model = StaircaseModel(sig.key(), kind, fi, fo, full.median_ms, tuple(profiles), per_ch)
-    diag = None if options.exhaustive else model.diagonal_probe()
-    if diag is None:
+    probes = [] if options.exhaustive else model.off_axis_probes()
+    if not probes:
         return model
-    return model.with_blend(*diag, measure_pairs([diag])[diag].median_ms)
+    got = measure_pairs(probes)
+    return model.with_off_axis({p: got[p].median_ms for p in probes})
 
 
 def _per_ch(sig: LayerSignature) -> tuple[int, int]:

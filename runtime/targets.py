@@ -127,11 +127,11 @@ def _builtin() -> tuple[Target, ...]:
             _ort_cpu,
             _has("onnxruntime"),
             backend="ort-cpu (onnxruntime CPUExecutionProvider)",
-            # MLAS runs a chain of convs in its NCHWc layout only while in-channels are
-            # multiples of 4; one count that breaks the chain adds layout reorders around
-            # the layer, which the isolated micro-benchmark pays at every count. Measured
-            # here: a pruned digits ResNet with 29 and 62 channels ran 1.5x slower.
-            channel_multiple=4,
+            # No channel_multiple: MLAS leaves its NCHWc layout when in-channels are not
+            # multiples of 4 (a pruned digits ResNet with 29 and 62 channels ran 1.5x
+            # slower), which an isolated micro-benchmark cannot see. Whole pruned networks
+            # timed per node now measure that penalty in context and store it
+            # (runtime/context_profile.py): the planner avoids such counts by their cost.
         ),
         Target(
             "tvm-llvm",

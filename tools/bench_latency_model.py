@@ -11,7 +11,9 @@ For each target and network (ResNet-50, MobileNetV2, VGG-16 at 224x224 by defaul
    are measured and compared with the model (MAPE).
 3. *Whole network*: the cost model (calibrated on the unpruned network) predicts pruned
    variants (channels inside residual blocks / expansions / chains cut to random
-   fractions, aligned and unaligned); every variant is measured (interleaved) and compared.
+   fractions, aligned and unaligned); every variant is measured (interleaved) and compared,
+   without and with the in-context correction (whole pruned networks timed per node at
+   their own configurations, ``runtime/context_profile.py``; the variants stay held out).
 
 Writes ``results_<target>.json`` into ``--out`` and prints a markdown table.
 
@@ -29,6 +31,7 @@ import logging
 import random
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +46,8 @@ from onnx_hwprune.runtime.microbench import measure_points
 from onnx_hwprune.runtime.profiler import (
     ProfileOptions,
     calibrate,
+    in_context_corrections,
+    model_key,
     profile_layers,
 )
 from onnx_hwprune.runtime.targets import get_target
@@ -118,7 +123,7 @@ def bench_network(net, size, target, backend, db, args) -> dict:
               "profile_seconds": profile_s, "points_measured": len(counted),
               "family_rows": fam_rows, **_summarise(fam_rows)}  # fmt: skip
     if not args.no_network and not args.max_families:
-        result["network"] = _bench_whole(model, layers, models, backend, target, args, rng)
+        result["network"] = _bench_whole(model, layers, models, backend, target, args, rng, db)
     result["seconds"] = time.monotonic() - t0
     return result
 
@@ -134,8 +139,7 @@ def _family_row(layer, model, backend, target, args, rng) -> dict:
     """Exhaustive-sweep size and held-out errors of one family."""
     sig = layer.signature
     measured = {(name, c) for name, prof in model.axes for c, _, _ in prof.points}
-    if model.diagonal_probe() is not None:
-        measured.add(("diag", 0))  # the off-axis point that fits the blend
+    measured |= {("2d", (i, o)) for i, o, _ in model.off_axis}  # the off-axis grid
     pairs, preds = [], []
     full_axis, range_axis = 0, 0
     for name, prof in model.axes:
@@ -199,7 +203,7 @@ def _summarise(rows) -> dict:
 # -- whole network ---------------------------------------------------------------------
 
 
-def _bench_whole(model, layers, models, backend, target, args, rng) -> dict:
+def _bench_whole(model, layers, models, backend, target, args, rng, db) -> dict:
     key = {layer.node: (layer.signature.key(), layer.in_channels, layer.out_channels)
            for layer in layers}  # fmt: skip
     variants = _variants(model, args.variants, rng)
@@ -222,11 +226,24 @@ def _bench_whole(model, layers, models, backend, target, args, rng) -> dict:
     pruned = {n: ch for n, (_, ch) in variants.items() if n != "full"}
     cases = [(n, cost.predict(ch), timings[n].median_ms) for n, ch in pruned.items()]
     raw_cases = [(n, raw.predict(ch), timings[n].median_ms) for n, ch in pruned.items()]
+    # In-context points come from their own configurations (runtime/context_profile.py),
+    # not from these variants: the variants stay held out.
+    t0 = time.monotonic()
+    key = (target, backend.fingerprint_hash(), model_key(model))
+    context = in_context_corrections(model, layers, models, backend, key, db)
+    ctx_entries = tuple(replace(e, context=context.get(e.node)) for e in entries)
+    ctx_cost = replace(cost, layers=ctx_entries)
+    ctx_cases = [(n, ctx_cost.predict(ch), timings[n].median_ms) for n, ch in pruned.items()]
     return {
         "measured_full_ms": total,
         "residual_ms": residual,
         "calibrated": prediction_report(cases),
         "uncalibrated": prediction_report(raw_cases),
+        "in_context": prediction_report(ctx_cases),
+        "in_context_seconds": time.monotonic() - t0,
+        "variants": {
+            n: {"channels": {k: list(v) for k, v in ch.items()}} for n, ch in pruned.items()
+        },
     }
 
 
@@ -338,12 +355,15 @@ def markdown(results: dict) -> str:
     fp = results["fingerprint"]
     lines = [f"### target `{results['target']}`: {fp.get('cpu')}, {fp.get('threads')} thread(s)",
              "", "| network | families | points measured | vs full sweep | vs range sweep | "
-             "held-out MAPE (axis) | MAPE (2-D) | network MAPE (calibrated / raw) | profile time |",
-             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "held-out MAPE (axis) | MAPE (2-D) | network MAPE (calibrated / raw) | "
+             "network MAPE / max (in-context) | profile time |",
+             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for net, r in results["networks"].items():
         nw = r.get("network")
         nwtxt = (f"{nw['calibrated']['mape']:.1%} / {nw['uncalibrated']['mape']:.1%}"
                  if nw else "n/a")  # fmt: skip
+        ic = nw.get("in_context") if nw else None
+        nwtxt += f" | {ic['mape']:.1%} / {ic['max_abs_error']:.1%}" if ic else " | n/a"
         lines.append(
             f"| {net} @{r['image_size']} | {r['families']} | {r['points_distinct']} | "
             f"{r['fraction_of_full_sweep']:.1%} | {r['fraction_of_range_sweep']:.1%} | "
