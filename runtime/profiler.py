@@ -79,15 +79,24 @@ class ProfileOptions:
     context: bool = True
 
 
-def load_model_and_layers(source) -> tuple[onnx.ModelProto, list[Layer]]:
-    """Normalised model and its prunable layers (via the ONNX frontend)."""
+def load_model_and_layers(
+    source, *, normalized: bool = False
+) -> tuple[onnx.ModelProto, list[Layer]]:
+    """Normalised model and its prunable layers (via the ONNX frontend).
+
+    ``normalized``: ``source`` is a model the frontend already produced (the pass
+    pipeline's exported graph with static inputs, ``frontends.onnx.with_static_inputs``):
+    its layers are read as it is, without reading and normalising it a second time (the
+    normalisation is idempotent: the model hash, and so every stored calibration, is the
+    same either way).
+    """
     import onnx_graphsurgeon as gs
 
     from onnx_hwprune.frontends.onnx import normalize_model
 
-    model = normalize_model(source)
-    graph = gs.import_onnx(model)
-    return model, extract_layers(graph)
+    model = source if normalized and isinstance(source, onnx.ModelProto) else None
+    model = model if model is not None else normalize_model(source)
+    return model, extract_layers(gs.import_onnx(model))
 
 
 def model_key(model: onnx.ModelProto) -> str:
@@ -276,12 +285,15 @@ def build_cost_model(
     db: ProfileDB | None,
     options: ProfileOptions | None = None,
     progress: Progress | None = None,
+    *,
+    normalized: bool = False,
 ) -> NetworkCostModel:
     """Profile (or reuse from ``db``) every layer of ``source`` and calibrate the network.
 
     The calibration is stored in ``db`` under the model's hash and reused next time.
+    ``normalized``: see :func:`load_model_and_layers`.
     """
-    model, layers = load_model_and_layers(source)
+    model, layers = load_model_and_layers(source, normalized=normalized)
     require_layers(layers, _integer_ops_hint(model))
     models = profile_layers(layers, backend, target, db, options, progress)
     fp, mkey = backend.fingerprint_hash(), model_key(model)

@@ -194,3 +194,21 @@ def test_correction_classes_and_interpolation():
     assert correction_from_points(stair, 64, 64, pts[1:]) is None  # no full point
     back = ContextCorrection.from_dict(corr.to_dict())
     assert back == corr
+
+
+def test_profiler_reads_the_frontends_model_as_it_is(tmp_path, monkeypatch):
+    """#10: the pipeline hands its own exported, static model; the profiler takes its
+    layers from it without normalising it a second time, and prices it the same."""
+    import onnx_hwprune.frontends.onnx as frontend
+
+    static = frontend.with_static_inputs(frontend.export_model(load_graph(_chain())))
+    with ProfileDB(tmp_path / "p.sqlite") as db:
+        twice = build_cost_model(static, LayoutMachine(), "cpu", db, FAST)
+
+        def refuse(*_a, **_k):
+            raise AssertionError("normalised a second time")
+
+        monkeypatch.setattr(frontend, "normalize_model", refuse)
+        once = build_cost_model(static, LayoutMachine(), "cpu", db, FAST, normalized=True)
+    assert [e.node for e in once.layers] == [e.node for e in twice.layers] == ["a", "b", "c"]
+    assert once.predict({"b": (12, 16)}) == pytest.approx(twice.predict({"b": (12, 16)}))
