@@ -17,6 +17,7 @@ from onnx_hwprune.cost_models.context import (
 from onnx_hwprune.cost_models.network import NetworkCostModel
 from onnx_hwprune.cost_models.profile_db import ProfileDB
 from onnx_hwprune.cost_models.staircase import StaircaseModel
+from onnx_hwprune.errors import UserError
 from onnx_hwprune.frontends.onnx import export_model, load_graph
 from onnx_hwprune.passes.analysis.channel_groups import analyze_channel_groups
 from onnx_hwprune.passes.analysis.importance import channel_importance
@@ -212,3 +213,57 @@ def test_profiler_reads_the_frontends_model_as_it_is(tmp_path, monkeypatch):
         once = build_cost_model(static, LayoutMachine(), "cpu", db, FAST, normalized=True)
     assert [e.node for e in once.layers] == [e.node for e in twice.layers] == ["a", "b", "c"]
     assert once.predict({"b": (12, 16)}) == pytest.approx(twice.predict({"b": (12, 16)}))
+
+
+_OLD_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE devices (target TEXT NOT NULL, fp_hash TEXT NOT NULL, fingerprint TEXT NOT NULL,
+    PRIMARY KEY (target, fp_hash));
+CREATE TABLE measurements (target TEXT NOT NULL, fp_hash TEXT NOT NULL,
+    signature TEXT NOT NULL, in_ch INTEGER NOT NULL, out_ch INTEGER NOT NULL,
+    median_ms REAL NOT NULL, spread REAL NOT NULL, samples INTEGER NOT NULL,
+    number INTEGER NOT NULL, created REAL NOT NULL,
+    PRIMARY KEY (target, fp_hash, signature, in_ch, out_ch));
+CREATE TABLE calibrations (target TEXT NOT NULL, fp_hash TEXT NOT NULL, model TEXT NOT NULL,
+    data TEXT NOT NULL, PRIMARY KEY (target, fp_hash, model));
+INSERT INTO meta VALUES ('schema_version', '1');
+INSERT INTO devices VALUES ('cpu', 'abc', '{}');
+INSERT INTO measurements VALUES ('cpu', 'abc', '{"op": "Conv"}', 64, 64, 0.9, 0.01, 5, 10, 0);
+INSERT INTO calibrations VALUES ('cpu', 'abc', 'm1', '{"residual_ms": 0.1}');
+"""
+
+
+def test_old_database_opens_and_gains_the_context_table(tmp_path):
+    """A file written before in-context points (and quality flags) keeps every row; the
+    new table is added empty, and points stored there never show up as measurements."""
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path)
+    conn.executescript(_OLD_SCHEMA)
+    conn.close()
+    with ProfileDB(path) as db:
+        assert db.count() == 1 and db.quality_counts()["legacy"] == 1
+        assert db.get_calibration("cpu", "abc", "m1") == {"residual_ms": 0.1}
+        assert db.get_context("cpu", "abc", "m1") == []
+        db.put_context("cpu", "abc", "m1", [ContextPoint("v0", "conv", 63, 63, 2.8)])
+        assert db.count() == 1  # not a measurement
+    with ProfileDB(path) as db:
+        assert db.get_context("cpu", "abc", "m1") == [ContextPoint("v0", "conv", 63, 63, 2.8)]
+
+
+def test_exports_with_and_without_context_points_import(tmp_path):
+    with ProfileDB(tmp_path / "a.sqlite") as db:
+        db.put_context("cpu", "abc", "m1", [ContextPoint("full", "conv", 64, 64, 2.1),
+                                            ContextPoint("v0", "conv", 63, 63, 2.8)])  # fmt: skip
+        doc = db.export_json()
+    assert len(doc["context_points"]) == 2
+    with ProfileDB(tmp_path / "b.sqlite") as db:
+        db.import_json(doc)
+        assert len(db.get_context("cpu", "abc", "m1")) == 2
+        old = {k: v for k, v in doc.items() if k != "context_points"}  # an older export
+        db.import_json(old)
+        assert len(db.get_context("cpu", "abc", "m1")) == 2
+    bad = {**doc, "context_points": [{**doc["context_points"][0], "ms": -1.0}]}
+    with ProfileDB(tmp_path / "c.sqlite") as db, pytest.raises(UserError, match="context_points"):
+        db.import_json(bad)
