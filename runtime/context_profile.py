@@ -15,10 +15,14 @@ fused kernels to their layer). Layout reorders that onnxruntime inserts around a
 whose in-channels break the NCHWc chain belong to no layer: the residual's growth over the
 full configuration is shared among the layers of that configuration whose in-channel
 class is off the aligned one, in proportion to their time, so the penalty lands on the
-layers that cause it. Times are the profiler's (the whole-network ratio between
-configurations, not an absolute latency, is what the correction uses), taken in
-interleaved rounds where the backend can (``node_times_many``) so that load on a shared
-machine hits every configuration alike.
+layers that cause it.
+
+Each configuration's per-node times are scaled to its whole-network latency measured
+with the timing protocol (all configurations interleaved), as :mod:`~.node_profile` does
+for the original: under load the profiler's per-node medians are biased (seen here at
+load 7 on 2 cores: a configuration at 61% of the original's wall time summed to 24-37% of
+its per-node time), the interleaved wall-time ratios are not. The per-node runs are
+interleaved too where the backend can (``node_times_many``).
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 NodeTimes = Callable[[dict[str, onnx.ModelProto]], dict[str, dict[str, float]]]
 """``node_times({config: model}) -> {config: {node: ms}}``, ideally in interleaved rounds."""
+WallTimes = Callable[[dict[str, onnx.ModelProto]], dict[str, float]]
+"""``wall_times({config: model}) -> {config: ms}``: the timing protocol, interleaved."""
 
 _MIN_GROUP = 8  # smaller groups stay whole: too few channels for a class probe
 CONFIGS: dict[str, Callable[[int], int | None]] = {
@@ -77,7 +83,7 @@ def config_plans(graph: gs.Graph) -> dict[str, Plan]:
 
 
 def measure_context(
-    model: onnx.ModelProto, layers: Sequence[Layer], node_times: NodeTimes
+    model: onnx.ModelProto, layers: Sequence[Layer], node_times: NodeTimes, wall_times: WallTimes
 ) -> list[ContextPoint]:
     """In-context points of every layer at every configuration (see module doc)."""
     graph = load_graph(model)
@@ -89,24 +95,26 @@ def measure_context(
         pruned = export_model(remove_channels(graph, mod.groups, plan))
         cut = extract_layers(gs.import_onnx(pruned))
         runs[name] = (pruned, {x.node: (x.in_channels, x.out_channels) for x in cut})
-    return _profile_runs(runs, names, full, node_times)
+    return _profile_runs(runs, names, full, node_times, wall_times)
 
 
-def _profile_runs(runs, names, full, node_times: NodeTimes) -> list[ContextPoint]:
+def _profile_runs(runs, names, full, node_times, wall_times) -> list[ContextPoint]:
     from onnx_hwprune.runtime.node_profile import attribute_to_layers
 
     points, base_residual = [], None
-    times = node_times({config: m for config, (m, _) in runs.items()})
+    models = {config: m for config, (m, _) in runs.items()}
+    times, walls = node_times(models), wall_times(models)
     for config, (m, counts) in runs.items():
         node_ms = times[config]
-        ctx = attribute_to_layers(m, node_ms, names, sum(node_ms.values()))
+        ctx = attribute_to_layers(m, node_ms, names, walls[config])
         layer_ms = dict(ctx.layer_ms)
         if base_residual is None:
             base_residual = ctx.residual_ms
         _share_reorders(layer_ms, counts, full, ctx.residual_ms - base_residual)
         points += [ContextPoint(config, n, *counts[n], ms) for n, ms in layer_ms.items()
                    if n in counts and ms > 0]  # fmt: skip
-        logger.info("in context %s: %.3f ms profiled", config, sum(node_ms.values()))
+        logger.info("in context %s: %.3f ms (%.3f ms profiled)", config, walls[config],
+                    sum(node_ms.values()))  # fmt: skip
     return points
 
 

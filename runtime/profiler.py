@@ -316,8 +316,9 @@ def in_context_corrections(model, layers, models, backend, key, db, options=None
 
     points = db.get_context(*key) if db else []
     node_times = _node_times_many(backend)
-    if not points and node_times is not None and (options or ProfileOptions()).context:
-        points = _measure_context(model, layers, node_times)
+    options = options or ProfileOptions()
+    if not points and node_times is not None and options.context:
+        points = _measure_context(model, layers, node_times, _wall_times(backend, options.timing))
         if db and points:
             db.put_context(*key, points)
     by_node: dict[str, list] = {}
@@ -341,11 +342,26 @@ def _node_times_many(backend: Backend):
     return many
 
 
-def _measure_context(model, layers, node_times) -> list:
+def _wall_times(backend: Backend, timing: TimingConfig):
+    """``{name: model} -> {name: median ms}``, all timed interleaved (timing protocol)."""
+
+    def wall(models: dict) -> dict[str, float]:
+        runnables = {name: backend.prepare(m) for name, m in models.items()}
+        try:
+            got = measure({n: r.sample for n, r in runnables.items()}, timing)
+        finally:
+            for r in runnables.values():
+                r.close()
+        return {n: t.median_ms for n, t in got.items()}
+
+    return wall
+
+
+def _measure_context(model, layers, node_times, wall_times) -> list:
     from onnx_hwprune.runtime.context_profile import measure_context
 
     try:
-        return measure_context(model, layers, node_times)
+        return measure_context(model, layers, node_times, wall_times)
     except Exception as exc:  # noqa: BLE001 - the isolated staircase still prices every layer
         logger.warning("in-context timing failed (%s): staircases stay uncorrected", exc)
         return []
