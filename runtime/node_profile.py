@@ -73,11 +73,20 @@ def profile_nodes(model: onnx.ModelProto, threads: int, runs: int = 10) -> dict[
 
 
 def profile_nodes_interleaved(
-    models: dict[str, onnx.ModelProto], threads: int, runs: int = 10
+    models: dict[str, onnx.ModelProto], threads: int, runs: int = 20
 ) -> dict[str, dict[str, float]]:
-    """:func:`profile_nodes` of several models, run in interleaved rounds (one run of each
-    model per round), so that a change of machine speed hits every model alike and the
-    ratios between them stay true on a shared machine."""
+    """Per-node times of several models, run in interleaved rounds (one run of each model
+    per round), so that a change of machine speed hits every model alike.
+
+    Each node's time is the fastest of its runs, not the median: these times only
+    *apportion* a whole-network latency that the timing protocol measures (medians over
+    interleaved rounds), and on a shared machine a kernel is either preempted or not, so
+    its per-run times are bimodal and the preempted mode is the load's, not the layer's.
+    Seen here (ResNet-18, layer1 cut to 64..56 channels, load 8-11 on 2 cores): by
+    medians the same conv read 2.3 ms in one configuration and 15-20 ms in the next, by
+    lower quartiles still up to 51 ms; by the fastest run the pattern of a quiet machine
+    came back (61-63 in-channels 1.25-1.3x dearer than 60 and 64, reorders 2-3x).
+    """
     with tempfile.TemporaryDirectory() as tmp:
         sessions, feeds = {}, {}
         for i, (name, model) in enumerate(models.items()):
@@ -90,10 +99,10 @@ def profile_nodes_interleaved(
             for name, session in sessions.items():
                 session.run(None, feeds[name])
         files = {name: s.end_profiling() for name, s in sessions.items()}
-        return {name: _node_medians(path, runs) for name, path in files.items()}
+        return {name: _node_fastest(path, runs) for name, path in files.items()}
 
 
-def _node_medians(path: str, runs: int) -> dict[str, float]:
+def _node_fastest(path: str, runs: int) -> dict[str, float]:
     with open(path, encoding="utf-8") as f:
         events = json.load(f)
     per_run: dict[str, list[float]] = {}
@@ -101,7 +110,7 @@ def _node_medians(path: str, runs: int) -> dict[str, float]:
         if ev.get("cat") == "Node" and ev.get("name", "").endswith("_kernel_time"):
             name = ev["name"][: -len("_kernel_time")].removesuffix("_nchwc")
             per_run.setdefault(name, []).append(ev["dur"] / 1e3)
-    return {n: statistics.median(v[-runs:]) for n, v in per_run.items()}
+    return {n: min(v[-runs:]) for n, v in per_run.items()}
 
 
 def attribute_to_layers(
