@@ -28,6 +28,7 @@ because it costs more, not because a rule forbids it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -76,11 +77,21 @@ class ContextCorrection:
         ci, co = self._classes(in_ch, out_ch)
         aligned = self._classes(self.full_in, self.full_out)
         for wanted in ((ci, co), (ci, None), aligned):
-            pts = [p for p in self.points if _matches(self._classes(p[0], p[1]), wanted)]
-            if pts:
-                curve = [(self._frac(i, o), r) for i, o, r in pts]
+            curve = self._curves.get(wanted)
+            if curve:
                 return _interpolate(curve, self._frac(in_ch, out_ch))
         return 1.0
+
+    @functools.cached_property
+    def _curves(self) -> dict[tuple[int, int | None], list[tuple[float, float]]]:
+        """(in class, out class) and (in class, None) -> (MAC fraction, ratio) points:
+        planners ask for thousands of counts, the points are few and fixed."""
+        curves: dict[tuple[int, int | None], list[tuple[float, float]]] = {}
+        for i, o, r in self.points:
+            ci, co = self._classes(i, o)
+            for key in ((ci, co), (ci, None)):
+                curves.setdefault(key, []).append((self._frac(i, o), r))
+        return curves
 
     def _classes(self, in_ch: int, out_ch: int) -> tuple[int, int]:
         return alignment_class(in_ch, self.full_in), alignment_class(out_ch, self.full_out)
@@ -95,10 +106,6 @@ class ContextCorrection:
     @classmethod
     def from_dict(cls, d: dict) -> ContextCorrection:
         return cls(d["full_in"], d["full_out"], tuple(tuple(p) for p in d["points"]))
-
-
-def _matches(classes: tuple[int, int], wanted: tuple[int, int | None]) -> bool:
-    return classes[0] == wanted[0] and (wanted[1] is None or classes[1] == wanted[1])
 
 
 def _interpolate(points: list[tuple[float, float]], x: float) -> float:
