@@ -278,6 +278,9 @@ def _print_summary(cost, source: str, bar: ProgressBar) -> None:
         f"whole model measured {cost.measured_full_ms:.3f} ms; "
         f"residual (non-pruned ops) {cost.residual_ms:.3f} ms"
     )
+    corrected = [e for e in cost.layers if e.context is not None]
+    worst = f" (largest measured factor x{_worst(corrected):.2f})" if corrected else ""
+    print(f"in-context points correct {len(corrected)} of {len(cost.layers)} layers{worst}")
     seen = set()
     for e in cost.layers:
         key = (e.model.signature_key, e.in_channels, e.out_channels)
@@ -289,6 +292,11 @@ def _print_summary(cost, source: str, bar: ProgressBar) -> None:
             f"  {e.node:40s} {e.in_channels:5d}->{e.out_channels:<5d} "
             f"{e.model.full_ms:8.3f} ms x{e.scale:.2f} edges {edges}"
         )
+
+
+def _worst(entries) -> float:
+    """The largest in-context penalty any layer measured (relative to full counts)."""
+    return max(r for e in entries for _, _, r in e.context.points)
 
 
 def _print_quality(db, cost) -> None:
