@@ -248,7 +248,7 @@ def _add_sections(report, opts, cost, backend, mod, plan, source, models, rounds
     if cost is not None:
         latency["predicted"] = _latency.predicted_section(cost, mod.graph, mod.groups, plan)
     if opts.measure and backend is not None and rounds:  # the loop's last measurement
-        latency["measured"] = _last_measured(rounds[-1])
+        latency["measured"] = _last_measured(next(r for r in rounds if r.get("kept")))
     elif opts.measure and backend is not None:
         latency["measured"] = _latency.measured_section(
             backend, {"original": source, "pruned": out}

@@ -125,7 +125,11 @@ def _loop_lines(rounds: list[dict[str, Any]]) -> list[str]:
     """One line per closed-loop round: measured against the budget."""
     lines = []
     for r in rounds:
-        verdict = "met" if r["miss"] <= 0.03 else "missed"
+        verdict = "missed" if r["miss"] > 0.03 else "met"
+        if r["miss"] < -0.10:
+            verdict = "met, but pruned more than the budget needed"
+        if r.get("kept") and len(rounds) > 1:
+            verdict += "; this plan is kept"
         lines.append(
             f"closed loop round {r['round']}: measured {r['measured_ms']:.3f} ms "
             f"(predicted {r['predicted_ms']:.3f}) vs budget {r['budget_ms']:.3f} ms: "
