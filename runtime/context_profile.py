@@ -39,6 +39,7 @@ from onnx_hwprune.cost_models.staircase import valuation
 from onnx_hwprune.frontends.onnx import export_model, load_graph
 from onnx_hwprune.passes._infra import Module, PassContext
 from onnx_hwprune.passes.analysis.channel_groups import ChannelGroupAnalysis
+from onnx_hwprune.passes.analysis.groups import ChannelGroups
 from onnx_hwprune.passes.plan.plan import GroupPlan, Plan
 from onnx_hwprune.passes.transform.remove_channels import remove_channels
 
@@ -67,18 +68,17 @@ def _below_with_valuation(n: int, v: int) -> int | None:
     return c if c >= n // 2 and valuation(c) == v else None
 
 
-def config_plans(graph: gs.Graph) -> dict[str, Plan]:
-    """The plans of :data:`CONFIGS` for the graph's prunable groups (empty ones dropped)."""
-    mod = ChannelGroupAnalysis()(Module(graph), PassContext())
+def config_plans(groups: ChannelGroups) -> dict[str, Plan]:
+    """The plans of :data:`CONFIGS` for the prunable ``groups`` (empty ones dropped)."""
     plans = {}
     for name, count_of in CONFIGS.items():
-        groups = {}
-        for g in mod.groups.prunable:
+        cut = {}
+        for g in groups.prunable:
             k = count_of(g.size) if g.size >= _MIN_GROUP else None
             if k is not None and 0 < k < g.size:
-                groups[g.name] = GroupPlan(g.size, tuple(range(k)))
-        if groups:
-            plans[name] = Plan(groups, method="context")
+                cut[g.name] = GroupPlan(g.size, tuple(range(k)))
+        if cut:
+            plans[name] = Plan(cut, method="context")
     return plans
 
 
@@ -91,7 +91,7 @@ def measure_context(
     names = [layer.node for layer in layers]
     full = {layer.node: (layer.in_channels, layer.out_channels) for layer in layers}
     runs = {"full": (model, full)}
-    for name, plan in config_plans(graph).items():
+    for name, plan in config_plans(mod.groups).items():
         pruned = export_model(remove_channels(graph, mod.groups, plan))
         cut = extract_layers(gs.import_onnx(pruned))
         runs[name] = (pruned, {x.node: (x.in_channels, x.out_channels) for x in cut})

@@ -267,3 +267,15 @@ def test_exports_with_and_without_context_points_import(tmp_path):
     bad = {**doc, "context_points": [{**doc["context_points"][0], "ms": -1.0}]}
     with ProfileDB(tmp_path / "c.sqlite") as db, pytest.raises(UserError, match="context_points"):
         db.import_json(bad)
+
+
+def test_configurations_probe_each_alignment_class():
+    from onnx_hwprune.runtime.context_profile import CONFIGS, config_plans
+
+    assert {n: CONFIGS[n](64) for n in CONFIGS} == {
+        "stair": 48, "v0": 63, "v1": 62, "v2": 60, "v3": 56
+    }  # fmt: skip
+    assert CONFIGS["stair"](16) is None and CONFIGS["v2"](12) is None
+    plans = config_plans(analyze_channel_groups(load_graph(_chain())))
+    counts = {name: sorted(len(gp.keep) for gp in p.groups.values()) for name, p in plans.items()}
+    assert counts == {"v0": [15, 15], "v1": [14, 14], "v2": [12, 12], "v3": [8, 8]}
