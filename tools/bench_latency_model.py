@@ -83,7 +83,8 @@ def _parse(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--targets", default="cpu,tvm-llvm")
-    p.add_argument("--networks", default="resnet50,mobilenet_v2,vgg16")
+    p.add_argument("--networks", default="resnet50,mobilenet_v2,vgg16",
+                   help="built-in names, or model files as PATH:input=1,3,H,W")  # fmt: skip
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--tvm-image-size", type=int, default=224)
     p.add_argument("--threads", type=int, default=1)
@@ -104,7 +105,7 @@ def _parse(argv):
 def bench_network(net, size, target, backend, db, args) -> dict:
     """All three measures for one network on one target."""
     t0 = time.monotonic()
-    model = normalize_model(NETWORKS[net](seed=0, image_size=size))
+    model = _load(net, size)
     layers = extract_layers(gs.import_onnx(model))
     families = _families(layers, args.max_families)
     options = ProfileOptions()
@@ -126,6 +127,15 @@ def bench_network(net, size, target, backend, db, args) -> dict:
         result["network"] = _bench_whole(model, layers, models, backend, target, args, rng, db)
     result["seconds"] = time.monotonic() - t0
     return result
+
+
+def _load(net: str, size: int) -> onnx.ModelProto:
+    """A network built in code, or ``PATH:input=1,3,48,192`` (a file at a static shape)."""
+    if net in NETWORKS:
+        return normalize_model(NETWORKS[net](seed=0, image_size=size))
+    path, _, shape = net.partition(":")
+    name, _, dims = shape.partition("=")
+    return normalize_model(path, {name: [int(d) for d in dims.split(",")]} if dims else None)
 
 
 def _families(layers, limit):
