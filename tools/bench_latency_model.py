@@ -84,7 +84,7 @@ def _parse(argv):
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--targets", default="cpu,tvm-llvm")
     p.add_argument("--networks", default="resnet50,mobilenet_v2,vgg16",
-                   help="built-in names, or model files as PATH:input=1,3,H,W")  # fmt: skip
+                   help="built-in names, or model files as PATH:input=1x3xHxW")  # fmt: skip
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--tvm-image-size", type=int, default=224)
     p.add_argument("--threads", type=int, default=1)
@@ -130,12 +130,12 @@ def bench_network(net, size, target, backend, db, args) -> dict:
 
 
 def _load(net: str, size: int) -> onnx.ModelProto:
-    """A network built in code, or ``PATH:input=1,3,48,192`` (a file at a static shape)."""
+    """A network built in code, or ``PATH:input=1x3x48x192`` (a file at a static shape)."""
     if net in NETWORKS:
         return normalize_model(NETWORKS[net](seed=0, image_size=size))
     path, _, shape = net.partition(":")
     name, _, dims = shape.partition("=")
-    return normalize_model(path, {name: [int(d) for d in dims.split(",")]} if dims else None)
+    return normalize_model(path, {name: [int(d) for d in dims.split("x")]} if dims else None)
 
 
 def _families(layers, limit):
