@@ -271,6 +271,7 @@ def _variants(model, count, rng) -> dict:
             k = max(1, int(n * rng.uniform(0.4, 0.95)))
             if style == "aligned16" or (style == "mixed" and rng.random() < 0.5):
                 k = max(16, k - k % 16)
+            k = min(k, n)  # a chain narrower than 16 stays whole: never record k > n
             keeps[chain[0].name] = k
         out[f"{style}{v}"] = _prune(model, keeps)
     return out
