@@ -16,7 +16,7 @@ from onnx_hwprune.passes.transform._pads import explicit_pads
 from onnx_hwprune.passes.transform._refit_grouped import BlockEquations, solve_blocks
 from onnx_hwprune.passes.transform.recover import LinearLayer, output_rows, patch_rows
 from onnx_hwprune.passes.transform.remove_channels import remove_channels
-from onnx_hwprune.runtime.recovery import recover
+from onnx_hwprune.recovery import recover
 
 HW = 9  # odd, so SAME pads are asymmetric
 

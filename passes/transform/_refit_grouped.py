@@ -1,12 +1,12 @@
 """Least-squares refit of any consumer layer, grouped and depthwise convs included.
 
-Numpy only, like ``recover.py`` whose :class:`LinearLayer` it reads. A Conv with ``group=g``
+Numpy only, like ``_lsq.py`` whose :class:`LinearLayer` it reads. A Conv with ``group=g``
 is ``g`` independent linear maps: output channel ``o`` (in group ``o // (Cout/g)``) reads
 only the ``Cin/g`` input channels of its group. Its refit is therefore ``g`` small ridge
 problems, one per group that keeps outputs (a :class:`Block`): the columns are the patch
 columns of that group's kept input channels, the targets its kept output channels. A plain
 layer (``group=1``, Gemm, MatMul) is the one-block case and gives exactly the equations of
-:func:`recover.solve_lsq`; a depthwise conv is one block per kept channel (``k*k`` weights
+:func:`_lsq.solve_lsq`; a depthwise conv is one block per kept channel (``k*k`` weights
 and a bias each), so its memory is ``O(C·k⁴)``, not ``O((C·k²)²)``.
 
 Convention for grouped layers: ``LinearLayer.in_keep`` holds *full* input channel indices
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnx_hwprune.passes.transform.recover import LinearLayer, NormalEquations, solve_lsq
+from onnx_hwprune.passes.transform._lsq import LinearLayer, NormalEquations, solve_lsq
 
 __all__ = [
     "Block",
