@@ -34,8 +34,8 @@ Rules:
   normalised output has the same mean and variance as in the original model.
 
 Grouped and depthwise convs (``group > 1``) are refitted group by group
-(``_refit_grouped.py``); ``auto_pad`` is resolved per input size (``_pads.py``). Convs
-must be 2-D.
+(``_refit_grouped.py``); ``auto_pad`` is resolved per input size
+(``frontends/onnx/_pads.py``). Convs must be 2-D.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnx_hwprune.passes.transform._pads import explicit_pads
+from onnx_hwprune.frontends.onnx._pads import explicit_pads
 
 __all__ = [
     "LinearLayer",
@@ -86,7 +86,7 @@ class LinearLayer:
     strides: tuple[int, ...] = (1, 1)
     dilations: tuple[int, ...] = (1, 1)
     group: int = 1
-    auto_pad: str = "NOTSET"  # resolved against each input's size (see _pads.py)
+    auto_pad: str = "NOTSET"  # resolved against each input's size (see frontends/onnx/_pads.py)
 
     @property
     def is_conv(self) -> bool:

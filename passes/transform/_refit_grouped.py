@@ -15,8 +15,9 @@ of the layer's input tensor (for ``group=1`` these equal the weight's axis-1 pos
 holds the kept channels in that order, so pruned channel ``p`` is original ``in_keep[p]``.
 
 ``auto_pad`` (``SAME_UPPER``, ``SAME_LOWER``, ``VALID``) is resolved per input size by
-:func:`_pads.explicit_pads`, the ONNX rule: total pad ``max(0, (ceil(H/s)-1)·s + (k-1)·d + 1 - H)``,
-the odd pixel at the end for ``SAME_UPPER`` and at the start for ``SAME_LOWER``.
+:func:`frontends.onnx._pads.explicit_pads`, the ONNX rule: total pad
+``max(0, (ceil(H/s)-1)·s + (k-1)·d + 1 - H)``, the odd pixel at the end for ``SAME_UPPER``
+and at the start for ``SAME_LOWER``.
 """
 
 from __future__ import annotations
