@@ -15,9 +15,32 @@ from onnx_hwprune.passes.analysis.groups import ChannelGroups
 from onnx_hwprune.passes.plan._channels import ChannelMap
 from onnx_hwprune.passes.plan.plan import Plan
 
-__all__ = ["cost_model", "baseline_latency", "predicted_section", "measured_section"]
+__all__ = ["Pricing", "cost_model", "baseline_latency", "predicted_section", "measured_section"]
 
 log = logging.getLogger(__name__)
+
+
+class Pricing:
+    """The target's cost model for one source model, built once per pruning job.
+
+    The accuracy guard's trials and its final, measured run plan the same model for the
+    same target with different budgets; profiling belongs to the job, not to each trial
+    (a second build re-measured every noisy point, doubling a first run). Built on first
+    use; :meth:`get` then anchors to the original's latency measured *now* where the
+    options ask to measure (anchoring returns a new model: the cached one stays raw).
+    """
+
+    def __init__(self) -> None:
+        self._built: tuple | None = None
+        self._key: tuple | None = None
+
+    def get(self, opts: PruneOptions, source: onnx.ModelProto, progress: Callable | None = None):
+        """(cost model, backend or None), as :func:`cost_model` returns them."""
+        key = (opts.target, opts.threads, opts.quantize, opts.pinned_profile, opts.profile_db)
+        if self._built is None or key != self._key:
+            self._built, self._key = _priced(opts, source, progress), key
+        cost, backend, static = self._built
+        return (_anchored_now(cost, backend, static) if opts.measure else cost), backend
 
 
 def cost_model(opts: PruneOptions, source: onnx.ModelProto, progress: Callable | None = None):
@@ -27,8 +50,14 @@ def cost_model(opts: PruneOptions, source: onnx.ModelProto, progress: Callable |
     measured on that GPU, nothing measured here); an analytic estimate (``mali``),
     replaced by a board's measurements when the profile DB has them; otherwise measured
     on this host, reusing what the DB holds. The backend is None where nothing can be
-    timed here.
+    timed here. Measured models are anchored to the original's latency now
+    (``opts.measure``).
     """
+    return Pricing().get(opts, source, progress)
+
+
+def _priced(opts: PruneOptions, source: onnx.ModelProto, progress: Callable | None):
+    """(raw cost model, backend or None, the static model it prices)."""
     from onnx_hwprune.cost_models.profile_db import ProfileDB
     from onnx_hwprune.frontends.onnx import with_static_inputs
     from onnx_hwprune.runtime.gpu_targets import shipped_cost_model
@@ -41,16 +70,16 @@ def cost_model(opts: PruneOptions, source: onnx.ModelProto, progress: Callable |
 
         static = qdq_for_planning(static)
     if target.cost_source == "shipped":
-        return shipped_cost_model(target.name, static, progress=progress), None
+        return shipped_cost_model(target.name, static, progress=progress), None, static
     if opts.pinned_profile is not None:  # reproducible: reads that file only, times nothing
         from onnx_hwprune.runtime.pinned import pinned_cost_model
 
-        return pinned_cost_model(opts.pinned_profile, static, target.name), None
+        return pinned_cost_model(opts.pinned_profile, static, target.name), None, static
     db = ProfileDB(opts.profile_db)
     try:
         if target.cost_source == "analytic":
-            return _analytic(target.name, static, db), None
-        return _measured(opts, static, db, progress)
+            return _analytic(target.name, static, db), None, static
+        return (*_measured(opts, static, db, progress), static)
     finally:
         db.close()
 
@@ -81,13 +110,19 @@ def _measured(opts: PruneOptions, static: onnx.ModelProto, db, progress):
             "re-measures them; see README 'Measuring on a shared machine'",
             counts["noisy"], counts["drifted"], sum(counts.values()),
         )  # fmt: skip
-    if opts.measure:  # a budget fraction is a fraction of what the original measures now
-        from onnx_hwprune.cost_models.anchor import anchored
-
-        now = measured_section(backend, {"original": static})["original"]["median_ms"]
-        log.info("original measured %.3f ms now (profile: %.3f ms)", now, cost.predict())
-        cost = anchored(cost, now)
     return cost, backend
+
+
+def _anchored_now(cost, backend, static: onnx.ModelProto):
+    """A budget fraction is a fraction of what the original measures now (where it can
+    be timed here: shipped, pinned and analytic models stay as they are)."""
+    if backend is None:
+        return cost
+    from onnx_hwprune.cost_models.anchor import anchored
+
+    now = measured_section(backend, {"original": static})["original"]["median_ms"]
+    log.info("original measured %.3f ms now (profile: %.3f ms)", now, cost.predict())
+    return anchored(cost, now)
 
 
 BASELINE_NOTE = (

@@ -86,6 +86,19 @@ def prune(
 
     if (opts.max_accuracy_drop is not None and opts.eval_data is not None) or guard_applies(opts):
         return prune_within_accuracy(model, opts, ctx=ctx, progress=progress)
+    return prune_once(model, opts, ctx=ctx, progress=progress)
+
+
+def prune_once(
+    model: ModelSource,
+    opts: PruneOptions,
+    *,
+    ctx: PassContext,
+    progress: Callable | None = None,
+    pricing: _latency.Pricing | None = None,
+) -> PruneResult:
+    """One pruning job at ``opts``' budget, without the accuracy search. ``pricing``
+    shares one cost model between the jobs of a search (profiling happens once)."""
     mod = ChannelGroupAnalysis()(Module(load_graph(model, opts.input_shapes)), ctx)
     if not mod.groups.prunable:
         reason = "no prunable channel group: " + _frozen_summary(mod)
@@ -93,7 +106,9 @@ def prune(
     source = export_model(mod.graph)  # the names every later step refers to
     factory = _data.calibration(opts, source)
     try:
-        cost, backend, latency_note = _cost_model(opts, source, progress)
+        cost, backend, latency_note = _cost_model(
+            opts, source, progress, pricing or _latency.Pricing()
+        )
     except NothingToPrice as exc:  # e.g. integer operators: no latency model, not bad input
         reason = f"no layer the {opts.target} cost model can price: {exc}"
         return PruneResult(None, None, {"options": opts.to_json(), "reason": reason}, reason)
@@ -155,14 +170,14 @@ def prune(
     return PruneResult(written, planned.plan, report)
 
 
-def _cost_model(opts: PruneOptions, source: onnx.ModelProto, progress):
+def _cost_model(opts: PruneOptions, source: onnx.ModelProto, progress, pricing):
     """(cost model, backend, note). Planning by latency needs the cost model. The
     hardware-blind methods are timed too (original and result, interleaved: cheap), and
     predicted where the target's model needs no profiling (mali, shipped profiles), so
     their summaries compare with the latency planner's; where a model cannot be timed
     (a symbolic input), the note says why and pruning goes on."""
     if opts.needs_cost_model():
-        return (*_latency.cost_model(opts, source, progress), "")
+        return (*pricing.get(opts, source, progress), "")
     if not opts.measure:
         return None, None, ""
     try:

@@ -181,7 +181,7 @@ def time_points(backend, sig, points, config, anchor, guard=None):
         keys = [*chunk, anchor[0]] if anchor is not None and anchor[0] not in chunk else chunk
         runnables = {p: backend.prepare(build_layer_model(sig, *p)) for p in keys}
         try:
-            timings, drifted = _time_group(runnables, config, anchor, guard)
+            timings, drifted = _time_group(sig, runnables, config, anchor, guard)
         finally:
             for r in runnables.values():
                 r.close()
@@ -194,7 +194,7 @@ def time_points(backend, sig, points, config, anchor, guard=None):
     return out
 
 
-def _time_group(runnables, config, anchor, guard):
+def _time_group(sig, runnables, config, anchor, guard):
     """Time one interleaved group; with a guard, redo it while the machine drifted.
 
     Returns (timings, whether the last attempt still drifted)."""
@@ -202,11 +202,15 @@ def _time_group(runnables, config, anchor, guard):
     if guard is None:
         return measure(samplers, config), False
     anchor_run = runnables[anchor[0]] if anchor is not None else None
+    key = (sig, anchor[0] if anchor is not None else None)
     for attempt in range(guard.config.retries + 1):
-        before = guard.check(anchor_run)
+        before = guard.check_before(key, anchor_run)
         timings = measure(samplers, config)
-        if not guard.drifted(before, guard.check(anchor_run)):
+        why = guard.drifted(before, guard.check_after(key, anchor_run))
+        if why is None:
             return timings, False
+        if why == "slow":  # steady in a slow phase: a redo would read the same (drift.py)
+            return timings, True
         guard.discarded += 1
         logger.info("group of %d points drifted (attempt %d)", len(samplers), attempt + 1)
     return timings, True

@@ -52,3 +52,21 @@ def test_explicit_budget_is_never_relaxed():
     assert "accuracy_search" not in result.report
     meta = result.report["plan"]["meta"]
     assert meta["budget_ms"] == pytest.approx(0.7 * meta["full_ms"])
+
+
+def test_guard_trials_share_one_cost_model(monkeypatch):
+    """Every trial of the search plans the same model for the same target: it is priced
+    once per job (a rebuild per trial re-profiled every untrusted point)."""
+    from onnx_hwprune import _latency
+
+    built = []
+    priced = _latency._priced
+
+    def counted(*args, **kwargs):
+        built.append(1)
+        return priced(*args, **kwargs)
+
+    monkeypatch.setattr(_latency, "_priced", counted)
+    result = prune(EXAMPLES / "digits_resnet.onnx", target="mali")
+    assert len(result.report["accuracy_search"]["trials"]) > 1
+    assert len(built) == 1

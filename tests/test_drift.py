@@ -192,3 +192,45 @@ def test_cli_profile_prints_quality_and_verify(tmp_path, capsys):
     line = re.search(r"profile quality: (\d+) clean, (\d+) noisy, (\d+) drifted, (\d+) legacy", out)
     assert line and sum(map(int, line.groups())) == total > 3 and line.group(4) == "0"
     assert "verify: " in out and "of 3 stored points still hold" in out
+
+
+def test_consecutive_groups_share_one_check(tmp_path, monkeypatch):
+    """The check after a group is the next group's check before it (same anchor): the
+    guard costs one check per group, not two, and still catches the slowdown above."""
+    from onnx_hwprune.runtime import drift, microbench
+
+    calls = {"check": 0, "group": 0}
+    check, measure = drift.DriftGuard.check, microbench.measure
+
+    def counted_check(self, anchor=None):
+        calls["check"] += 1
+        return check(self, anchor)
+
+    def counted_measure(samplers, config=None):
+        calls["group"] += 1
+        return measure(samplers, config)
+
+    monkeypatch.setattr(drift.DriftGuard, "check", counted_check)
+    monkeypatch.setattr(microbench, "measure", counted_measure)
+    with ProfileDB(tmp_path / "p.sqlite") as db:
+        build_cost_model(_model(), FakeMachine(), "cpu", db, FAST)
+    assert calls["group"] > 3
+    assert calls["group"] < calls["check"] < 2 * calls["group"]
+
+
+def test_one_lucky_fast_reading_does_not_make_every_group_drifted():
+    """Under steady load the baseline is the readings' lower quartile, not the fastest
+    one: a group at the usual speed is clean, one well above it is "slow" (flagged, not
+    redone), and one whose speed changed during the group "moved" (redone)."""
+    from onnx_hwprune.runtime.drift import DriftGuard
+    from onnx_hwprune.runtime.timing import Timing
+
+    guard = DriftGuard(FakeMachine())
+    guard.readings = [1.0] + [2.0] * 8  # one lucky reading on a loaded machine
+
+    def at(ms: float) -> dict:
+        return {"reference": Timing(ms, 0.0)}
+
+    assert guard.drifted(at(2.0), at(2.05)) is None
+    assert guard.drifted(at(3.0), at(3.0)) == "slow"
+    assert guard.drifted(at(2.0), at(3.0)) == "moved"
