@@ -117,7 +117,8 @@ class PassContext:
     activations: Any = None
     # Tensor provider: ``tensors([(graph, tensor names), ...])`` -> an iterator with, per
     # calibration batch, a tuple of ``{name: array}`` (each graph run on that batch), so
-    # a pass can stream raw tensors (runtime.calib_stats.tensor_stream_provider).
+    # a pass can stream raw tensors (runtime.calib_stats.tensor_stream_provider). A graph
+    # that will not change may be given as its export (frontends.onnx.export_model).
     tensors: Any = None
 
     _current: ClassVar[contextvars.ContextVar[PassContext | None]] = contextvars.ContextVar(

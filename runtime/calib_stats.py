@@ -160,11 +160,16 @@ def tensor_stream_provider(factory: Callable[[], Batches]):
     """The context's tensor provider (``PassContext.tensors``) over calibration batches:
     ``provider([(graph, names), ...])`` -> an iterator of ``({name: array}, ...)``, one
     tuple per batch of ``factory()``, every graph run on that batch. Each graph is exported
-    when the provider is called, so a pass sees the graph as it is at that moment."""
+    when the provider is called, so a pass sees the graph as it is at that moment; a
+    graph given already exported (``frontends.onnx.export_model``) is run as it is."""
     from onnx_hwprune.frontends.onnx import export_model
 
     def provide(requests: Sequence[tuple[Any, Sequence[str]]]):
-        runners = [_Runner(export_model(graph), names) for graph, names in requests]
+        runners = [_Runner(_model(graph, export_model), names) for graph, names in requests]
         return _streamed(runners, factory())
 
     return provide
+
+
+def _model(graph: Any, export: Callable[[Any], onnx.ModelProto]) -> onnx.ModelProto:
+    return graph if isinstance(graph, onnx.ModelProto) else export(graph)

@@ -32,11 +32,13 @@ kept here, so memory does not grow with the number of samples.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnx_hwprune.errors import UserError
+from onnx_hwprune.frontends.onnx import export_model
 from onnx_hwprune.passes._infra import Module, Pass, PassContext, PassError
 from onnx_hwprune.passes.transform._lsq import (
     LinearLayer,
@@ -127,21 +129,26 @@ class RecoverPass(Pass):
         ref = self.reference
         consumers = consumer_layers(ref.graph, kept_positions(ref.groups, ref.plan))
         logger.info("recovering %d consumer layers with %s", len(consumers), self.method)
+        # The reference never changes: exported once, not once per layer (an opaque
+        # model the provider runs as it is; the pruned graph is re-exported as it changes).
+        original = export_model(ref.graph)
         if self.method == "bias" and consumers:
-            self._compensate(graph, consumers, ctx)
+            self._compensate(graph, original, consumers, ctx)
         for consumer in consumers:
             if self.method == "lsq":
-                self._refit(graph, consumer, ctx)
+                self._refit(graph, original, consumer, ctx)
             if self.refresh_bn:
-                self._refresh_following_bn(graph, consumer, ctx)
+                self._refresh_following_bn(graph, original, consumer, ctx)
         return mod.replace(graph=graph)
 
-    def _compensate(self, graph: gs.Graph, consumers: list[Consumer], ctx: PassContext) -> None:
+    def _compensate(
+        self, graph: gs.Graph, original: Any, consumers: list[Consumer], ctx: PassContext
+    ) -> None:
         """One pass of the original: exact patch-column means of every consumer's input."""
         sums: list[np.ndarray | None] = [None] * len(consumers)
         counts = [0] * len(consumers)
         names = [c.input for c in consumers]
-        for (values,) in ctx.tensors([(self.reference.graph, names)]):
+        for (values,) in ctx.tensors([(original, names)]):
             for i, c in enumerate(consumers):
                 s, n = patch_column_sums(c.layer, values[c.input])
                 sums[i] = s if sums[i] is None else sums[i] + s
@@ -149,11 +156,11 @@ class RecoverPass(Pass):
         for c, s, n in zip(consumers, sums, counts, strict=True):
             write_bias(graph, c, grouped_compensated_bias(c.layer, s / n))
 
-    def _refit(self, graph: gs.Graph, c: Consumer, ctx: PassContext) -> None:
+    def _refit(self, graph: gs.Graph, original: Any, c: Consumer, ctx: PassContext) -> None:
         """Normal equations: pruned input rows -> original kept output rows, then solve."""
         layer, rng = c.layer, np.random.default_rng(ctx.seed)
         eq = BlockEquations(layer)
-        pairs = ctx.tensors([(self.reference.graph, [c.output]), (graph, [c.input])])
+        pairs = ctx.tensors([(original, [c.output]), (graph, [c.input])])
         for orig, pruned in pairs:
             x = pruned[c.input]
             total = row_count(layer, x)
@@ -166,15 +173,17 @@ class RecoverPass(Pass):
         write_weight(graph, c, weight)
         write_bias(graph, c, bias)
 
-    def _refresh_following_bn(self, graph: gs.Graph, c: Consumer, ctx: PassContext) -> None:
+    def _refresh_following_bn(
+        self, graph: gs.Graph, original: Any, c: Consumer, ctx: PassContext
+    ) -> None:
         bn = following_batchnorm(graph, c.output)
         if bn is None:
             return
-        original, pruned = _ChannelMoments(), _ChannelMoments()
-        for orig, prun in ctx.tensors([(self.reference.graph, [c.output]), (graph, [c.output])]):
-            original.add(c.output, orig[c.output])
+        before, pruned = _ChannelMoments(), _ChannelMoments()
+        for orig, prun in ctx.tensors([(original, [c.output]), (graph, [c.output])]):
+            before.add(c.output, orig[c.output])
             pruned.add(c.output, prun[c.output])
-        mu, var = original.result()
+        mu, var = before.result()
         gamma, _, mean, variance = (np.asarray(t.values) for t in bn.inputs[1:5])
         epsilon = float(bn.attrs.get("epsilon", 1e-5))
         rm, rv, g = refreshed_batchnorm(
