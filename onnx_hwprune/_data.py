@@ -1,5 +1,6 @@
 """The data-driven steps of a pruning job: calibration batches, data criteria, recovery
-and accuracy evaluation. A thin layer over ``runtime.recovery`` and ``runtime.evaluate``."""
+and accuracy evaluation. A thin layer over ``recovery`` (the passes with the runtime's
+providers) and ``runtime.evaluate``."""
 
 from __future__ import annotations
 
@@ -46,8 +47,8 @@ def recover_model(
     plan: Plan,
     factory,
 ) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    """The recovered model and what recovery did (``runtime/recover_methods.py``)."""
-    from onnx_hwprune.runtime.recover_methods import run_recovery
+    """The recovered model and what recovery did (``_recover_methods.py``)."""
+    from onnx_hwprune._recover_methods import run_recovery
 
     return run_recovery(opts, source, pruned, groups, plan, factory)
 

@@ -115,6 +115,11 @@ class PassContext:
     # ``{kind: {tensor: per-channel statistic}}`` over calibration data. The runtime
     # makes one (runtime.calib_stats.channel_stats_provider); passes never run models.
     activations: Any = None
+    # Tensor provider: ``tensors([(graph, tensor names), ...])`` -> an iterator with, per
+    # calibration batch, a tuple of ``{name: array}`` (each graph run on that batch), so
+    # a pass can stream raw tensors (runtime.calib_stats.tensor_stream_provider). A graph
+    # that will not change may be given as its export (frontends.onnx.export_model).
+    tensors: Any = None
 
     _current: ClassVar[contextvars.ContextVar[PassContext | None]] = contextvars.ContextVar(
         "onnx_hwprune_pass_context", default=None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import onnx
 import pytest
@@ -152,3 +154,29 @@ def test_loop_prunes_less_after_an_undershoot(fake_target):
     # the refit line is exact here (4 ms saved is a negative residual, kept by corrected)
     assert kept["predicted_ms"] == pytest.approx(kept["measured_ms"])
     assert result.report["latency"]["measured"]["pruned"]["median_ms"] == kept["measured_ms"]
+
+
+class QdqCounting(OverheadMachine):
+    """Records whether each whole network it times is in int8 (QDQ) form."""
+
+    def __init__(self):
+        super().__init__(overhead_ms=0.0)
+        self.network_forms: list[bool] = []
+
+    def prepare(self, model: onnx.ModelProto) -> Runnable:
+        if model.graph.name != "layer":
+            self.network_forms.append(any(n.op_type == "QuantizeLinear" for n in model.graph.node))
+        return super().prepare(model)
+
+
+def test_int8_plans_are_judged_in_int8_form(fake_target, tmp_path):
+    """With --quantize int8 the plan is priced on int8 kernels; the loop must time the
+    models as int8 too (timed as float, an int8 plan was judged against float speed)."""
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.random.default_rng(0).standard_normal((8, 3, 16, 16)).astype("float32"))
+    machine = QdqCounting()
+    opts = replace(fake_target(machine), quantize="int8", calib=str(calib), recover="none")
+    result = prune(tiny_cnn(16), opts)
+    assert result.report["latency"]["closed_loop"]
+    loop_timings = machine.network_forms[-2:]  # the loop's original and pruned
+    assert loop_timings == [True, True]

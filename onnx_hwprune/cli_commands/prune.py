@@ -55,8 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from onnx_hwprune.passes.analysis.data_importance import DATA_CRITERIA
     from onnx_hwprune.passes.analysis.importance import CRITERIA
     from onnx_hwprune.passes.plan.methods import METHODS, choosable_methods
+    from onnx_hwprune.passes.transform.recover import RECOVERY_METHODS
     from onnx_hwprune.runtime.quantize import QUANTIZE_SCHEMES
-    from onnx_hwprune.runtime.recovery import RECOVERY_METHODS
     from onnx_hwprune.runtime.targets import target_names
 
     parser.add_argument("input", metavar="IN", help="ONNX model to prune (never modified)")
