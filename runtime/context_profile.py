@@ -1,14 +1,7 @@
 """Time whole pruned networks under onnxruntime's per-node profiler: in-context points.
 
-Which configurations (each cuts every prunable channel group the same way, keeping its
-first channels; groups too small for a cut stay whole):
-
-- ``full``: the original;
-- ``stair``: ~75% of each group, rounded down to a multiple of 16 (a stair level of the
-  NCHWc block on AVX-512), so the aligned ratio is known away from full;
-- ``v0`` .. ``v3``: the largest count below full whose 2-adic valuation is 0, 1, 2, 3
-  (64 -> 63, 62, 60, 56): one count of each alignment class that libraries switch kernels
-  or layouts on. Whatever the target penalises, one of these shows it.
+Which networks is decided above the runtime (``onnx_hwprune/context_configs.py``: the
+original, a stair cut and one count of each alignment class); this module times them.
 
 Each run gives every layer a point ``(in, out, ms)`` (:mod:`~.node_profile` attributes
 fused kernels to their layer). Layout reorders that onnxruntime inserts around a layer
@@ -35,15 +28,8 @@ import onnx_graphsurgeon as gs
 
 from onnx_hwprune.cost_models.context import ContextPoint, alignment_class
 from onnx_hwprune.cost_models.signature import Layer, extract_layers
-from onnx_hwprune.cost_models.staircase import valuation
-from onnx_hwprune.frontends.onnx import export_model, load_graph
-from onnx_hwprune.passes._infra import Module, PassContext
-from onnx_hwprune.passes.analysis.channel_groups import ChannelGroupAnalysis
-from onnx_hwprune.passes.analysis.groups import ChannelGroups
-from onnx_hwprune.passes.plan.plan import GroupPlan, Plan
-from onnx_hwprune.passes.transform.remove_channels import remove_channels
 
-__all__ = ["CONFIGS", "config_plans", "measure_context"]
+__all__ = ["measure_context"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,47 +38,20 @@ NodeTimes = Callable[[dict[str, onnx.ModelProto]], dict[str, dict[str, float]]]
 WallTimes = Callable[[dict[str, onnx.ModelProto]], dict[str, float]]
 """``wall_times({config: model}) -> {config: ms}``: the timing protocol, interleaved."""
 
-_MIN_GROUP = 8  # smaller groups stay whole: too few channels for a class probe
-CONFIGS: dict[str, Callable[[int], int | None]] = {
-    "stair": lambda n: (int(0.75 * n) // 16 * 16) or None,
-    **{f"v{v}": (lambda n, v=v: _below_with_valuation(n, v)) for v in range(4)},
-}
-"""Configuration name -> the count a group of size ``n`` keeps (None: stays whole)."""
-
-
-def _below_with_valuation(n: int, v: int) -> int | None:
-    """Largest count in [n/2, n) whose 2-adic valuation is exactly ``v``."""
-    c = n - 1
-    while c >= n // 2 and valuation(c) != v:
-        c -= 1
-    return c if c >= n // 2 and valuation(c) == v else None
-
-
-def config_plans(groups: ChannelGroups) -> dict[str, Plan]:
-    """The plans of :data:`CONFIGS` for the prunable ``groups`` (empty ones dropped)."""
-    plans = {}
-    for name, count_of in CONFIGS.items():
-        cut = {}
-        for g in groups.prunable:
-            k = count_of(g.size) if g.size >= _MIN_GROUP else None
-            if k is not None and 0 < k < g.size:
-                cut[g.name] = GroupPlan(g.size, tuple(range(k)))
-        if cut:
-            plans[name] = Plan(cut, method="context")
-    return plans
-
 
 def measure_context(
-    model: onnx.ModelProto, layers: Sequence[Layer], node_times: NodeTimes, wall_times: WallTimes
+    model: onnx.ModelProto,
+    layers: Sequence[Layer],
+    configs: dict[str, onnx.ModelProto],
+    node_times: NodeTimes,
+    wall_times: WallTimes,
 ) -> list[ContextPoint]:
-    """In-context points of every layer at every configuration (see module doc)."""
-    graph = load_graph(model)
-    mod = ChannelGroupAnalysis()(Module(graph), PassContext())
+    """In-context points of every layer in ``model`` (as ``full``) and in each pruned
+    network of ``configs`` (see module doc)."""
     names = [layer.node for layer in layers]
     full = {layer.node: (layer.in_channels, layer.out_channels) for layer in layers}
     runs = {"full": (model, full)}
-    for name, plan in config_plans(mod.groups).items():
-        pruned = export_model(remove_channels(graph, mod.groups, plan))
+    for name, pruned in configs.items():
         cut = extract_layers(gs.import_onnx(pruned))
         runs[name] = (pruned, {x.node: (x.in_channels, x.out_channels) for x in cut})
     return _profile_runs(runs, names, full, node_times, wall_times)

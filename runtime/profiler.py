@@ -54,6 +54,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+ContextModels = Callable[[onnx.ModelProto], dict[str, onnx.ModelProto]]
+"""``context_models(model) -> {configuration name: pruned model}`` (see build_cost_model)."""
 Progress = Callable[[int, int, int, str], None]
 """``progress(layer_index, layer_count, newly_measured, label)``: called when a layer
 signature starts (with 0 measured) and after each measured batch."""
@@ -67,8 +69,7 @@ class BudgetExceeded(Exception):
 class ProfileOptions:
     """How to profile: search knobs, timing protocol, exhaustive sweep, time budget, and
     whether every group re-times the layer's full point as an anchor against drift, the
-    drift guard's thresholds (``drift=None`` turns the guard off), and whether whole pruned
-    networks are timed in context to correct the staircases (:mod:`.context_profile`)."""
+    drift guard's thresholds (``drift=None`` turns the guard off)."""
 
     search: SearchConfig = field(default_factory=SearchConfig)
     timing: TimingConfig = field(default_factory=TimingConfig)
@@ -76,7 +77,6 @@ class ProfileOptions:
     time_budget_s: float | None = None
     anchor: bool = True
     drift: DriftConfig | None = field(default_factory=DriftConfig)
-    context: bool = True
 
 
 def load_model_and_layers(
@@ -287,11 +287,14 @@ def build_cost_model(
     progress: Progress | None = None,
     *,
     normalized: bool = False,
+    context_models: ContextModels | None = None,
 ) -> NetworkCostModel:
     """Profile (or reuse from ``db``) every layer of ``source`` and calibrate the network.
 
     The calibration is stored in ``db`` under the model's hash and reused next time.
-    ``normalized``: see :func:`load_model_and_layers`.
+    ``normalized``: see :func:`load_model_and_layers`. ``context_models``: the pruned
+    networks to time in context where no in-context points are stored (the API passes
+    ``onnx_hwprune.context_configs.context_models``; the runtime never builds them).
     """
     model, layers = load_model_and_layers(source, normalized=normalized)
     require_layers(layers, _integer_ops_hint(model))
@@ -304,21 +307,27 @@ def build_cost_model(
         if db:
             db.put_calibration(target, fp, mkey, cal)
     key = (target, fp, mkey)
-    context = in_context_corrections(model, layers, models, backend, key, db, options)
+    timing = (options or ProfileOptions()).timing
+    context = in_context_corrections(
+        model, layers, models, backend, key, db, context_models, timing
+    )
     return assemble_cost_model(target, fp, layers, models, cal, context)
 
 
-def in_context_corrections(model, layers, models, backend, key, db, options=None) -> dict:
+def in_context_corrections(
+    model, layers, models, backend, key, db, context_models=None, timing=None
+) -> dict:
     """Per-layer :class:`~onnx_hwprune.cost_models.context.ContextCorrection` from the
     in-context points stored under ``key`` = (target, fingerprint hash, model hash), timing
-    them first where the backend has a per-node profiler and none are stored."""
+    ``context_models(model)`` first where the backend has a per-node profiler and none
+    are stored."""
     from onnx_hwprune.cost_models.context import correction_from_points
 
     points = db.get_context(*key) if db else []
     node_times = _node_times_many(backend)
-    options = options or ProfileOptions()
-    if not points and node_times is not None and options.context:
-        points = _measure_context(model, layers, node_times, _wall_times(backend, options.timing))
+    if not points and node_times is not None and context_models is not None:
+        wall = _wall_times(backend, timing or TimingConfig())
+        points = _measure_context(model, layers, context_models, node_times, wall)
         if db and points:
             db.put_context(*key, points)
     by_node: dict[str, list] = {}
@@ -357,11 +366,12 @@ def _wall_times(backend: Backend, timing: TimingConfig):
     return wall
 
 
-def _measure_context(model, layers, node_times, wall_times) -> list:
+def _measure_context(model, layers, context_models, node_times, wall_times) -> list:
     from onnx_hwprune.runtime.context_profile import measure_context
 
     try:
-        return measure_context(model, layers, node_times, wall_times)
+        configs = context_models(model)
+        return measure_context(model, layers, configs, node_times, wall_times)
     except Exception as exc:  # noqa: BLE001 - the isolated staircase still prices every layer
         logger.warning("in-context timing failed (%s): staircases stay uncorrected", exc)
         return []

@@ -8,6 +8,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from onnx_hwprune.context_configs import context_models
 from onnx_hwprune.cost_models.context import (
     ContextCorrection,
     ContextPoint,
@@ -111,10 +112,9 @@ def profiled(tmp_path_factory):
     path = tmp_path_factory.mktemp("ctx") / "p.sqlite"
     model, machine = _chain(), LayoutMachine()
     with ProfileDB(path) as db:
-        cost = build_cost_model(model, machine, "cpu", db, FAST)
+        cost = build_cost_model(model, machine, "cpu", db, FAST, context_models=context_models)
     with ProfileDB(tmp_path_factory.mktemp("raw") / "p.sqlite") as db:
-        raw = build_cost_model(model, LayoutMachine(), "cpu", db, FAST.__class__(
-            timing=FAST.timing, context=False))  # fmt: skip
+        raw = build_cost_model(model, LayoutMachine(), "cpu", db, FAST)  # nothing in context
     return model, machine, cost, raw, path
 
 
@@ -172,7 +172,7 @@ def test_points_are_stored_apart_and_reused(profiled):
         assert {p.config for p in points} == {"full", "v0", "v1", "v2", "v3"}
         assert db.count() == len(db.all_points("cpu", fp))  # measurements hold no such row
         again = LayoutMachine()
-        second = build_cost_model(model, again, "cpu", db, FAST)
+        second = build_cost_model(model, again, "cpu", db, FAST, context_models=context_models)
     assert again.profiled == []  # stored: not timed again
     assert second.layer_latency("b", 15, 16).ms == pytest.approx(cost.layer_latency("b", 15, 16).ms)
     assert NetworkCostModel.from_dict(cost.to_dict()) == cost
@@ -270,7 +270,7 @@ def test_exports_with_and_without_context_points_import(tmp_path):
 
 
 def test_configurations_probe_each_alignment_class():
-    from onnx_hwprune.runtime.context_profile import CONFIGS, config_plans
+    from onnx_hwprune.context_configs import CONFIGS, config_plans
 
     assert {n: CONFIGS[n](64) for n in CONFIGS} == {
         "stair": 48, "v0": 63, "v1": 62, "v2": 60, "v3": 56

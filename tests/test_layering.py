@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # onnx_hwprune/ modules the lower layers may import: the version and the error types.
 _API_MODULES = ("api", "cli", "cli_commands", "options", "report", "_latency", "_data")
 _API_MODULES += ("recovery", "_recover_methods")  # passes composed with the runtime
+_API_MODULES += ("context_configs",)  # the pruned networks the runtime times in context
 _API = tuple(f"onnx_hwprune.{m}" for m in _API_MODULES)
 _RUNTIME = ("onnx_hwprune.runtime",)
 _ONNX = ("onnx", "onnxruntime", "tvm")

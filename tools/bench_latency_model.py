@@ -38,6 +38,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from onnx_hwprune.context_configs import context_models
 from onnx_hwprune.cost_models.network import LayerEntry, NetworkCostModel, prediction_report
 from onnx_hwprune.cost_models.profile_db import ProfileDB
 from onnx_hwprune.cost_models.signature import extract_layers
@@ -240,7 +241,7 @@ def _bench_whole(model, layers, models, backend, target, args, rng, db) -> dict:
     # not from these variants: the variants stay held out.
     t0 = time.monotonic()
     key = (target, backend.fingerprint_hash(), model_key(model))
-    context = in_context_corrections(model, layers, models, backend, key, db)
+    context = in_context_corrections(model, layers, models, backend, key, db, context_models)
     ctx_entries = tuple(replace(e, context=context.get(e.node)) for e in entries)
     ctx_cost = replace(cost, layers=ctx_entries)
     ctx_cases = [(n, ctx_cost.predict(ch), timings[n].median_ms) for n, ch in pruned.items()]

@@ -209,7 +209,10 @@ def _profile(db, args: argparse.Namespace) -> int:
             target = get_target(args.target)
             extra = {"tune_trials": args.tune_trials} if args.tune_trials else {}
             backend = target.make_backend(threads=args.threads, **extra)
-            cost = build_cost_model(source, backend, args.target, db, options, bar.update)
+            from onnx_hwprune.context_configs import context_models
+
+            cost = build_cost_model(source, backend, args.target, db, options, bar.update,
+                                    context_models=context_models)  # fmt: skip
             source_text = target.source
     except BudgetExceeded as exc:
         bar.finish()
