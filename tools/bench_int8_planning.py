@@ -74,6 +74,18 @@ def _time(models: dict, threads: int, repeats: int) -> dict[str, tuple[float, fl
             for k in models}  # fmt: skip
 
 
+def _loop(report: dict) -> str:
+    """The job's closed-loop rounds: measured vs budget (ms), spreads, the kept round."""
+    rounds = report.get("latency", {}).get("closed_loop") or []
+    return "; ".join(
+        f"round {r['round']}: predicted {r['predicted_ms']:.2f}, measured {r['measured_ms']:.2f}"
+        f" vs budget {r['budget_ms']:.2f} (spreads {max(r['spreads']):.0%})"
+        + (" kept" if r.get("kept") else "")
+        + (f" [{r['note']}]" if r.get("note") else "")
+        for r in rounds
+    )
+
+
 def _macs(report: dict) -> float:
     before, after = report["network"]["macs"]
     return after / before
@@ -97,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             jobs = _jobs(model, _calib(model, Path(tmp) / "calib.npz"), args.budget, args.threads)
         int8_report, float_report = jobs.pop("_reports")
         kept = {"int8 plan": _macs(int8_report), "float plan, quantized": _macs(float_report)}
+        for label, report in (("int8 plan", int8_report), ("float plan", float_report)):
+            print(f"<!-- {net} {label}: {_loop(report)} -->")
         times = _time(jobs, args.threads, args.repeats)
         base = times["int8 original"][0]
         for name, (ms, spread) in times.items():
