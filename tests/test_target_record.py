@@ -13,8 +13,7 @@ from onnx_hwprune.runtime.tvm_targets import compile_target, device_kind
 
 def test_context_carries_the_target_and_its_constraints():
     cpu = TARGETS["cpu"]
-    # cpu's alignment penalty is measured in context now (test_context_costs), not a rule.
-    assert PassContext(target=cpu).get("plan.channel_multiple") == cpu.channel_multiple == 1
+    assert PassContext(target=cpu).get("plan.channel_multiple") == cpu.channel_multiple == 4
     assert PassContext().get("plan.channel_multiple") == 1
     explicit = PassContext(target=cpu, config={"plan.channel_multiple": 8})
     assert explicit.get("plan.channel_multiple") == 8
