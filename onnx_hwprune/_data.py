@@ -13,7 +13,10 @@ from onnx_hwprune.passes.analysis.data_importance import DATA_CRITERIA
 from onnx_hwprune.passes.analysis.groups import ChannelGroups
 from onnx_hwprune.passes.plan.plan import Plan
 
-__all__ = ["activations", "calibration", "recover_model", "quantize_model", "accuracy_section"]
+__all__ = [
+    "activations", "calibration", "recover_model", "quantize_model", "accuracy_section",
+    "tensor_stream",
+]  # fmt: skip
 
 
 def calibration(opts: PruneOptions, source: onnx.ModelProto):
@@ -36,6 +39,13 @@ def activations(factory):
     from onnx_hwprune.runtime.calib_stats import channel_stats_provider
 
     return channel_stats_provider(factory)
+
+
+def tensor_stream(factory, max_samples: int | None = None):
+    """The raw tensor stream passes read from ``PassContext.tensor_stream``."""
+    from onnx_hwprune.runtime.sensitivity_data import tensor_stream_provider
+
+    return tensor_stream_provider(factory, max_samples)
 
 
 def recover_model(

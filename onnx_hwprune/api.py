@@ -28,6 +28,7 @@ from onnx_hwprune.passes._infra import Module, Pass, PassContext, Sequential
 from onnx_hwprune.passes.analysis.channel_groups import ChannelGroupAnalysis
 from onnx_hwprune.passes.analysis.data_importance import DATA_CRITERIA, DataImportance
 from onnx_hwprune.passes.analysis.importance import ChannelImportance
+from onnx_hwprune.passes.analysis.sensitivity import SensitivityAnalysis
 from onnx_hwprune.passes.analysis.stats import model_stats
 from onnx_hwprune.passes.plan.latency import SnapPass
 from onnx_hwprune.passes.plan.methods import PlanRequest, get_method
@@ -99,6 +100,8 @@ def prune(
         return PruneResult(None, None, {"options": opts.to_json(), "reason": reason}, reason)
     if opts.needs_cost_model():
         ctx = replace(ctx, cost_model=cost, target=_target(opts))
+    if opts.uses_sensitivity():  # measured once, before any (re-)planning round
+        mod = _sensitivity(opts, _scored(opts, mod, factory, ctx), factory, ctx)
 
     def attempt(ctx):
         planned = _plan(opts, mod, factory, ctx)
@@ -146,6 +149,8 @@ def prune(
         _add_quantize_section(report, opts, source, pruned_float, written)
     if recovery is not None:
         report["recovery"] = recovery
+    if mod.sensitivity is not None:
+        report["sensitivity"] = mod.sensitivity.summary()
     report["output"] = output_section(written, kept)
     if latency_note and "predicted" not in report.get("latency", {}):
         report.setdefault("latency", {})["note"] = latency_note
@@ -212,13 +217,22 @@ def _target(opts: PruneOptions):
 
 
 def _plan(opts: PruneOptions, mod: Module, factory, ctx: PassContext) -> Module:
-    if get_method(opts.resolved_method()).needs_scores or opts.snap:
-        if opts.criterion in DATA_CRITERIA:
-            data_ctx = replace(ctx, activations=_data.activations(factory))
-            mod = DataImportance(opts.criterion)(mod, data_ctx)
-        else:
-            mod = ChannelImportance(opts.criterion)(mod, ctx)
+    if mod.scores is None and (get_method(opts.resolved_method()).needs_scores or opts.snap):
+        mod = _scored(opts, mod, factory, ctx)
     return Sequential(planning_passes(opts), "plan")(mod, ctx)
+
+
+def _scored(opts: PruneOptions, mod: Module, factory, ctx: PassContext) -> Module:
+    if opts.criterion in DATA_CRITERIA:
+        data_ctx = replace(ctx, activations=_data.activations(factory))
+        return DataImportance(opts.criterion)(mod, data_ctx)
+    return ChannelImportance(opts.criterion)(mod, ctx)
+
+
+def _sensitivity(opts: PruneOptions, mod: Module, factory, ctx: PassContext) -> Module:
+    """Measured refit error per group and count: the budget planners' objective."""
+    stream = _data.tensor_stream(factory, ctx.get("plan.sensitivity_samples"))
+    return SensitivityAnalysis()(mod, replace(ctx, tensor_stream=stream))
 
 
 def _last_measured(last: dict) -> dict:
