@@ -120,7 +120,7 @@ class PruneOptions:
         """Plan on the measured refit error instead of importance sums (see SENSITIVITY_CHOICES)."""
         if self.sensitivity == "off" or self.calib is None:
             return False
-        return self.method_record().drive == "budget" and self.plan is None
+        return self.method_record().reads_sensitivity and self.plan is None
 
     def needs_cost_model(self) -> bool:
         return self.method_record().needs_cost_model or self.snap
@@ -153,7 +153,7 @@ class PruneOptions:
             raise UserError(f"--recover {self.recover} needs calibration data (--calib)")
         if self.sensitivity not in SENSITIVITY_CHOICES:
             raise UserError(f"--sensitivity must be one of {', '.join(SENSITIVITY_CHOICES)}")
-        if self.sensitivity == "on" and (self.calib is None or drive != "budget"):
+        if self.sensitivity == "on" and (self.calib is None or not self.uses_sensitivity()):
             raise UserError("--sensitivity on needs --calib and --method latency")
         if self.quantize is not None and self.calib is None:
             raise UserError(f"--quantize {self.quantize} needs calibration data (--calib)")
