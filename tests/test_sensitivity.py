@@ -196,3 +196,10 @@ def test_sensitivity_on_without_calib_is_refused(tmp_path, monkeypatch, capsys):
     assert _cli_prune(tmp_path, "a", "--sensitivity", "on") == 2
     assert "--sensitivity on needs --calib" in capsys.readouterr().err
     assert not (tmp_path / "a.onnx").exists()
+
+
+def test_fallback_prices_a_group_by_its_removed_importance_share():
+    from onnx_hwprune.passes.analysis.sensitivity import _fallback
+
+    cost = _fallback(np.array([3.0, 1.0, 0.0, 4.0]))  # removed in the order 2, 1, 0, 3
+    np.testing.assert_allclose(cost, [0.0, 0.0, 1 / 8, 4 / 8, 1.0])
