@@ -109,12 +109,13 @@ def digits_flops(args) -> dict:
             "rows": rows}  # fmt: skip
 
 
-def _prune(model, budget: float, sensitivity: str, calib, shapes) -> tuple[onnx.ModelProto, dict]:
+def _prune(model, budget: float, sensitivity: str, calib, shapes, pinned=None):
     from onnx_hwprune.api import prune
 
     t0 = time.monotonic()
     result = prune(model, latency_budget=budget, calib=calib, recover="lsq", threads=1,
-                   sensitivity=sensitivity, measure=False, input_shapes=shapes)  # fmt: skip
+                   sensitivity=sensitivity, measure=False, input_shapes=shapes,
+                   pinned_profile=pinned)  # fmt: skip
     report = result.report
     pred = report.get("latency", {}).get("predicted", {})
     info = {"seconds": round(time.monotonic() - t0, 1),
@@ -127,14 +128,28 @@ def _prune(model, budget: float, sensitivity: str, calib, shapes) -> tuple[onnx.
 def _compare(args, model, calib, shapes, score) -> dict:
     out = {"case": args.case, "original": score(onnx.load(model)), "budgets": []}
     print(out, flush=True)
+    pinned = args.profile
     for budget in args.budgets:
         for mode in ("off", "on"):
-            pruned, info = _prune(model, budget, mode, calib, shapes)
+            pruned, info = _prune(model, budget, mode, calib, shapes, pinned)
+            pinned = pinned or _pin_profile()  # every later plan: the same cost model
             row = {"budget": budget, "plan": "data" if mode == "on" else "norm",
                    "score": score(pruned), **info}  # fmt: skip
             out["budgets"].append(row)
             print(row, flush=True)
     return out
+
+
+def _pin_profile() -> str:
+    """Export the profile database as measured by the first run: the later runs plan from
+    it without measuring (a shared machine re-measures drifted points otherwise)."""
+    from onnx_hwprune.cost_models.profile_db import ProfileDB, default_db_path
+
+    with ProfileDB(default_db_path()) as db:
+        doc = db.export_json()
+    path = Path(tempfile.mkdtemp()) / "profile.json"
+    path.write_text(json.dumps(doc))
+    return str(path)
 
 
 def _ocr_model(part: str) -> str:
@@ -183,6 +198,7 @@ def main() -> int:
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.8, 0.7])
     parser.add_argument("--calib", type=int, default=256, help="cls/rec: calibration lines")
     parser.add_argument("--test", type=int, default=200, help="cls/rec: test lines")
+    parser.add_argument("--profile", help="plan every run from this exported profile")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
     cases = {"digits-flops": digits_flops, "digits": digits, "cls": cls, "rec": rec}
