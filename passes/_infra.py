@@ -97,7 +97,7 @@ CONFIG_KEYS: Mapping[str, ConfigKey] = {
     "plan.max_levels": ConfigKey(int, 32, "the exact planner's candidate counts per group"),
     "plan.mip_gap": ConfigKey(float, 1e-3, "the exact planner stops within this relative gap"),
     "plan.sensitivity_rows": ConfigKey(
-        int, 1024, "measured sensitivity: patch rows per layer and batch (at least 2x columns)"
+        int, 4096, "measured sensitivity: patch rows per layer (at least 4x its columns)"
     ),
     "plan.sensitivity_samples": ConfigKey(
         int, 256, "measured sensitivity: calibration samples streamed at most"

@@ -82,13 +82,13 @@ def _bias(node: gs.Node, n_out: int) -> np.ndarray:
 class GramAccumulator:
     """Streamed ``A₁ᵀA₁`` of one layer's input patches (intercept column last).
 
-    At most ``max_rows`` patch rows per batch, drawn without replacement by a generator
-    seeded with ``seed``: memory and time are ``O(K²)`` and ``O(rows·K²)`` whatever the
-    number of samples.
+    At most ``rows_per_sample`` patch rows per sample of a batch (so the total does not
+    depend on how the data is batched), drawn without replacement by a generator seeded
+    with ``seed``: memory and time are ``O(K²)`` and ``O(rows·K²)``.
     """
 
-    def __init__(self, layer: LinearLayer, max_rows: int, seed: int = 0) -> None:
-        self.layer, self.max_rows = layer, max_rows
+    def __init__(self, layer: LinearLayer, rows_per_sample: float, seed: int = 0) -> None:
+        self.layer, self.per_sample = layer, rows_per_sample
         self.rng = np.random.default_rng(seed)
         k = layer.weight.shape[1] * layer.kernel_size
         self.gram = np.zeros((k + 1, k + 1))
@@ -96,9 +96,10 @@ class GramAccumulator:
 
     def add(self, x: np.ndarray) -> None:
         total = row_count(self.layer, x)
+        want = max(1, int(np.ceil(self.per_sample * x.shape[0])))
         pick = None
-        if total > self.max_rows:
-            pick = np.sort(self.rng.choice(total, self.max_rows, replace=False))
+        if total > want:
+            pick = np.sort(self.rng.choice(total, want, replace=False))
         a = patch_rows(self.layer, x, pick)
         a1 = np.concatenate([a, np.ones((len(a), 1))], axis=1)
         self.gram += a1.T @ a1

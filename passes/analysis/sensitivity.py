@@ -16,9 +16,10 @@ is zero or constant on the data costs exactly nothing (a constant is absorbed by
 refit's bias).
 
 Cost (see ``_gram.py``): one streamed pass of the model over the calibration data keeps
-one Gram matrix per consumer layer (``plan.sensitivity_rows`` patch rows per batch at
-most); one Cholesky factorisation per (layer, group) then gives the error at *every*
-count, so the table covers every count any planner may consider.
+one Gram matrix per consumer layer (about ``plan.sensitivity_rows`` patch rows over
+``plan.sensitivity_samples`` samples, and at least 4x its columns); one Cholesky
+factorisation per (layer, group) then gives the error at *every* count, so the table
+covers every count any planner may consider.
 
 Consumers measured: Conv with ``group == 1``, Gemm, MatMul reading the group's channels
 on their input axis. A group with none (a depthwise conv's channels are measured at the
@@ -175,9 +176,12 @@ class SensitivityAnalysis(Pass):
         return mod.replace(sensitivity=table)
 
     def _grams(self, graph: gs.Graph, layers, ctx: PassContext):
-        base = ctx.get("plan.sensitivity_rows")
+        rows, samples = ctx.get("plan.sensitivity_rows"), ctx.get("plan.sensitivity_samples")
+        per_sample = {
+            n: max(rows, 4 * layer.weight[0].size) / samples for n, (_, layer) in layers.items()
+        }
         accs = {
-            name: GramAccumulator(layer, max(base, 2 * layer.weight[0].size), ctx.seed + i)
+            name: GramAccumulator(layer, per_sample[name], ctx.seed + i)
             for i, (name, (_, layer)) in enumerate(sorted(layers.items()))
         }
         inputs = {name: node.inputs[0].name for name, (node, _) in layers.items()}
