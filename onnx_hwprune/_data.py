@@ -14,7 +14,10 @@ from onnx_hwprune.passes.analysis.data_importance import DATA_CRITERIA
 from onnx_hwprune.passes.analysis.groups import ChannelGroups
 from onnx_hwprune.passes.plan.plan import Plan
 
-__all__ = ["activations", "calibration", "recover_model", "quantize_model", "accuracy_section"]
+__all__ = [
+    "activations", "calibration", "recover_model", "quantize_model", "accuracy_section",
+    "tensors",
+]  # fmt: skip
 
 
 def calibration(opts: PruneOptions, source: onnx.ModelProto):
@@ -37,6 +40,13 @@ def activations(factory):
     from onnx_hwprune.runtime.calib_stats import channel_stats_provider
 
     return channel_stats_provider(factory)
+
+
+def tensors(factory, max_samples: int | None = None):
+    """The raw tensor provider passes read from ``PassContext.tensors``."""
+    from onnx_hwprune.runtime.calib_stats import tensor_stream_provider
+
+    return tensor_stream_provider(factory, max_samples)
 
 
 def recover_model(

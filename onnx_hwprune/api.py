@@ -29,6 +29,7 @@ from onnx_hwprune.passes._infra import Module, Pass, PassContext, Sequential
 from onnx_hwprune.passes.analysis.channel_groups import ChannelGroupAnalysis
 from onnx_hwprune.passes.analysis.data_importance import DATA_CRITERIA, DataImportance
 from onnx_hwprune.passes.analysis.importance import ChannelImportance
+from onnx_hwprune.passes.analysis.sensitivity import SensitivityAnalysis
 from onnx_hwprune.passes.analysis.stats import model_stats
 from onnx_hwprune.passes.plan.latency import SnapPass
 from onnx_hwprune.passes.plan.methods import PlanRequest, get_method
@@ -165,6 +166,15 @@ def _price(job: _Job) -> _Job:
     return job.but(cost=cost, backend=backend, latency_note=note, ctx=ctx)
 
 
+def _sense(job: _Job) -> _Job:
+    """Measured sensitivity (``--calib``, budget planners): the refit error per group and
+    kept count, measured once, before any (re-)planning round of the closed loop."""
+    if not job.opts.uses_sensitivity():
+        return job
+    scored = _scored(job.opts, job.mod, job.factory, job.ctx)
+    return job.but(mod=_sensitivity(job.opts, scored, job.factory, job.ctx))
+
+
 def _plan_and_remove(job: _Job) -> _Job:
     """Scores, plan, removal; with a budget measured on the target, re-planned while the
     measured result misses it (``closed_loop.py``)."""
@@ -244,6 +254,7 @@ PIPELINE: tuple[tuple[str, Callable[[_Job], _Job]], ...] = (
     ("analyse", _analyse),  # load, normalise, channel groups (stops: nothing prunable)
     ("calibrate", _calibrate),  # calibration batches, checked now
     ("price", _price),  # the target's cost model, or baseline timing (stops: nothing priced)
+    ("sense", _sense),  # [--calib] scores and the measured refit error per group and count
     ("plan and remove", _plan_and_remove),  # scores, plan, [snap], removal, [closed loop]
     ("keep dims", _keep_dims),  # the user's dynamic dims back
     ("recover", _recover),  # RecoverPass / distill / auto on calibration data
@@ -266,6 +277,8 @@ def _report(job: _Job) -> dict[str, Any]:
         _add_quantize_section(report, opts, job.source, job.pruned_float, job.written)
     if job.recovery is not None:
         report["recovery"] = job.recovery
+    if mod.sensitivity is not None:
+        report["sensitivity"] = mod.sensitivity.summary()
     report["output"] = output_section(job.written, job.kept)
     if job.latency_note and "predicted" not in report.get("latency", {}):
         report.setdefault("latency", {})["note"] = job.latency_note
@@ -332,13 +345,22 @@ def _target(opts: PruneOptions):
 
 
 def _plan(opts: PruneOptions, mod: Module, factory, ctx: PassContext) -> Module:
-    if get_method(opts.resolved_method()).needs_scores or opts.snap:
-        if opts.criterion in DATA_CRITERIA:
-            data_ctx = replace(ctx, activations=_data.activations(factory))
-            mod = DataImportance(opts.criterion)(mod, data_ctx)
-        else:
-            mod = ChannelImportance(opts.criterion)(mod, ctx)
+    if mod.scores is None and (get_method(opts.resolved_method()).needs_scores or opts.snap):
+        mod = _scored(opts, mod, factory, ctx)
     return Sequential(planning_passes(opts), "plan")(mod, ctx)
+
+
+def _scored(opts: PruneOptions, mod: Module, factory, ctx: PassContext) -> Module:
+    if opts.criterion in DATA_CRITERIA:
+        data_ctx = replace(ctx, activations=_data.activations(factory))
+        return DataImportance(opts.criterion)(mod, data_ctx)
+    return ChannelImportance(opts.criterion)(mod, ctx)
+
+
+def _sensitivity(opts: PruneOptions, mod: Module, factory, ctx: PassContext) -> Module:
+    """Measured refit error per group and count: the budget planners' objective."""
+    tensors = _data.tensors(factory, ctx.get("plan.sensitivity_samples"))
+    return SensitivityAnalysis()(mod, replace(ctx, tensors=tensors))
 
 
 def _last_measured(last: dict) -> dict:

@@ -107,14 +107,28 @@ def _line(err: Exception) -> str:
 
 
 def _streamed(
-    runners: Sequence[_Runner], batches: Batches
+    runners: Sequence[_Runner], batches: Batches, max_samples: int | None = None
 ) -> Iterator[tuple[dict[str, np.ndarray], ...]]:
     seen = 0
-    for batch in batches:
+    for batch in _limited(batches, max_samples):
         seen += 1
         yield tuple(runner.run(batch) for runner in runners)
     if not seen:
         raise UserError("calibration data has zero samples")
+
+
+def _limited(batches: Batches, max_samples: int | None) -> Iterator[Mapping[str, np.ndarray]]:
+    """At most ``max_samples`` samples of ``batches`` (the last batch cut)."""
+    left = max_samples
+    for batch in batches:
+        if left is None:
+            yield batch
+            continue
+        n = min(left, len(next(iter(batch.values()))))
+        if n <= 0:
+            return
+        yield {k: v[:n] for k, v in batch.items()}
+        left -= n
 
 
 def collect_channel_stats(
@@ -156,17 +170,18 @@ def channel_stats_provider(factory: Callable[[], Batches]):
     return provide
 
 
-def tensor_stream_provider(factory: Callable[[], Batches]):
+def tensor_stream_provider(factory: Callable[[], Batches], max_samples: int | None = None):
     """The context's tensor provider (``PassContext.tensors``) over calibration batches:
     ``provider([(graph, names), ...])`` -> an iterator of ``({name: array}, ...)``, one
-    tuple per batch of ``factory()``, every graph run on that batch. Each graph is exported
-    when the provider is called, so a pass sees the graph as it is at that moment; a
-    graph given already exported (``frontends.onnx.export_model``) is run as it is."""
+    tuple per batch of ``factory()`` (at most ``max_samples`` samples), every graph run on
+    that batch. Each graph is exported when the provider is called, so a pass sees the
+    graph as it is at that moment; a graph given already exported
+    (``frontends.onnx.export_model``) is run as it is."""
     from onnx_hwprune.frontends.onnx import export_model
 
     def provide(requests: Sequence[tuple[Any, Sequence[str]]]):
         runners = [_Runner(_model(graph, export_model), names) for graph, names in requests]
-        return _streamed(runners, factory())
+        return _streamed(runners, factory(), max_samples)
 
     return provide
 

@@ -45,8 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step", type=int, default=4)
     parser.add_argument("--hw", type=int, default=28)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="whole interleaved runs; the table gives the median of their medians")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="whole interleaved runs; the table gives the median of their medians",
+    )
     args = parser.parse_args(argv)
     lo, hi = (int(v) for v in args.out.split(":"))
     backend = get_target("cpu").make_backend(threads=args.threads)
