@@ -32,7 +32,7 @@ except ImportError:  # Windows
 __all__ = ["APPLICATION_ID", "OWN_TABLES", "inspect_existing", "FileLock"]
 
 APPLICATION_ID = 0x4F485750  # "OHWP"
-OWN_TABLES = frozenset({"meta", "devices", "measurements", "calibrations"})
+OWN_TABLES = frozenset({"meta", "devices", "measurements", "calibrations", "context_points"})
 
 _BAD_ROWS = {
     "measurements": "typeof(median_ms) NOT IN ('real', 'integer') OR NOT median_ms > 0 "

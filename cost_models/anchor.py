@@ -10,7 +10,11 @@ Two corrections, both plain arithmetic on a :class:`~.network.NetworkCostModel`
 - :func:`corrected`: after a pruned model was measured too, two points of the line
   ``T = a * L + R`` are known (original and pruned), so the layer factor ``a`` and the
   residual ``R`` are solved from both. It falls back to the proportional correction when
-  the two are too close to separate or the solution is not physical (a <= 0 or R < 0).
+  the two are too close to separate or the solution is not physical (a <= 0, or a line
+  that would predict the measured pruned model at no cost). A negative ``R`` is kept: it
+  says the pruned network ran faster than its layers' sum predicts (layers cut below
+  what was measured, fusions), and re-planning after such an undershoot prunes *less*,
+  between the two measured points, where the line interpolates.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ def corrected(
     if l0 - l1 > 0.02 * l0:
         a = (original_ms - pruned_ms) / (l0 - l1)
         residual = original_ms - a * l0
-        if a > 0 and residual >= 0:
+        if a > 0 and a * l1 + residual > 0:
             return _rescaled(cost, a, residual, original_ms)
     # Proportional: keep the residual's share, scale both through the pruned measurement.
     factor = pruned_ms / cost.predict(channels)

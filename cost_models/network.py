@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from onnx_hwprune.cost_models.context import ContextCorrection
 from onnx_hwprune.cost_models.staircase import Estimate, StaircaseModel
 from onnx_hwprune.errors import NothingToPrice
 
@@ -41,6 +42,8 @@ class LayerEntry:
     Attributes:
         node: the layer's node name; ``in_channels``/``out_channels``: unpruned counts.
         model: its staircase model; ``scale``: in-context / micro-benchmark at full counts.
+        context: measured in-context correction at pruned counts (relative to ``scale``;
+            None: the isolated staircase alone, as before in-context points existed).
     """
 
     node: str
@@ -48,6 +51,12 @@ class LayerEntry:
     out_channels: int
     model: StaircaseModel
     scale: float = 1.0
+    context: ContextCorrection | None = None
+
+    def factor(self, in_ch: int, out_ch: int) -> float:
+        """Calibration of the staircase at these counts: ``scale`` times the in-context
+        correction."""
+        return self.scale * (self.context.factor(in_ch, out_ch) if self.context else 1.0)
 
 
 @dataclass(frozen=True)
@@ -78,12 +87,13 @@ class NetworkCostModel:
         """Calibrated latency of one layer at (in, out) channels, with provenance."""
         entry = self.layer(node)
         est = entry.model.latency(in_ch, out_ch)
-        return Estimate(est.ms * entry.scale, est.provenance)
+        return Estimate(est.ms * entry.factor(in_ch, out_ch), est.provenance)
 
     def stair_edges(self, node: str, axis: str) -> list[tuple[int, float]]:
         """Largest count at each latency level of ``node`` along ``axis`` (calibrated ms)."""
         entry = self.layer(node)
-        return [(c, ms * entry.scale) for c, ms in entry.model.stair_edges(axis)]
+        return [(c, ms * entry.factor(*_counts_on(entry, axis, c)))
+                for c, ms in entry.model.stair_edges(axis)]  # fmt: skip
 
     def predict(self, channels: Mapping[str, tuple[int, int]] | None = None) -> float:
         """Network latency in ms; layers missing from ``channels`` keep their full counts."""
@@ -115,6 +125,7 @@ class NetworkCostModel:
                     "out": e.out_channels,
                     "scale": e.scale,
                     "model": e.model.to_dict(),
+                    **({"context": e.context.to_dict()} if e.context else {}),
                 }
                 for e in self.layers
             ],
@@ -125,13 +136,27 @@ class NetworkCostModel:
         """Inverse of :meth:`to_dict`."""
         layers = tuple(
             LayerEntry(
-                x["node"], x["in"], x["out"], StaircaseModel.from_dict(x["model"]), x["scale"]
-            )
+                x["node"],
+                x["in"],
+                x["out"],
+                StaircaseModel.from_dict(x["model"]),
+                x["scale"],
+                ContextCorrection.from_dict(x["context"]) if "context" in x else None,
+            )  # fmt: skip
             for x in d["layers"]
         )
         return cls(
             d["target"], d["fingerprint_hash"], layers, d["residual_ms"], d.get("measured_full_ms")
         )
+
+
+def _counts_on(entry: LayerEntry, axis: str, count: int) -> tuple[int, int]:
+    """(in, out) of ``entry`` with ``count`` on ``axis`` and the other axis at full."""
+    if axis == "in":
+        return count, entry.out_channels
+    if axis == "out":
+        return entry.in_channels, count
+    return count, count * entry.out_channels // max(1, entry.in_channels)  # tied: both
 
 
 def prediction_report(cases: list[tuple[str, float, float]]) -> dict:
@@ -168,9 +193,11 @@ def assemble_cost_model(
     layers: Sequence[Layer],
     staircases: Mapping[tuple[str, int, int], StaircaseModel],
     calibration: Mapping[str, Any],
+    context: Mapping[str, ContextCorrection] | None = None,
 ) -> NetworkCostModel:
-    """The network model from its layers, their staircases (by :func:`layer_key`) and a
-    calibration (``residual_ms``, optional ``total_ms`` and per-node ``scales``).
+    """The network model from its layers, their staircases (by :func:`layer_key`), a
+    calibration (``residual_ms``, optional ``total_ms`` and per-node ``scales``) and
+    optional in-context corrections by node.
 
     The one place a :class:`NetworkCostModel` is put together, whether the staircases were
     measured here, replayed from a shipped profile or from a board's stored measurements.
@@ -184,6 +211,7 @@ def assemble_cost_model(
             layer.out_channels,
             staircases[layer_key(layer)],
             scales.get(layer.node, 1.0),
+            (context or {}).get(layer.node),
         )
         for layer in layers
     )

@@ -21,7 +21,13 @@ Export format (``profile export``), version :data:`EXPORT_VERSION`::
                        "in_ch": 64, "out_ch": 64, "median_ms": 0.92, "spread": 0.01,
                        "samples": 5, "number": 20, "quality": "clean"}],
      "calibrations": [{"target": "cpu", "fingerprint_hash": "...", "model": "<sha>",
-                       "data": {...}}]}
+                       "data": {...}}],
+     "context_points": [{"target": "cpu", "fingerprint_hash": "...", "model": "<sha>",
+                         "config": "odd", "node": "conv2", "in_ch": 63, "out_ch": 63,
+                         "ms": 2.8}]}
+
+``context_points`` (layers timed inside their network, :mod:`.context`) is optional on
+import, so exports written before it existed import unchanged.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from onnx_hwprune.cost_models import _context_table
 from onnx_hwprune.cost_models._db_guard import (
     APPLICATION_ID,
     OWN_TABLES,
@@ -44,6 +51,7 @@ from onnx_hwprune.cost_models._db_guard import (
     inspect_existing,
 )
 from onnx_hwprune.cost_models._export_schema import check_export
+from onnx_hwprune.cost_models.context import ContextPoint
 from onnx_hwprune.cost_models.signature import LayerSignature
 from onnx_hwprune.errors import UserError
 
@@ -140,6 +148,7 @@ class ProfileDB:
             with self._write(conn):
                 for statement in filter(str.strip, _SCHEMA.split(";")):
                     conn.execute(statement)
+                conn.execute(_context_table.CONTEXT_SCHEMA)  # additive: old files gain it
                 self._check_version(conn)
                 _add_quality_column(conn)
                 if stamp:
@@ -324,6 +333,18 @@ class ProfileDB:
         ).fetchone()
         return json.loads(row[0]) if row else None
 
+    # -- in-context points (a layer timed inside its network; never a micro-benchmark) ---
+    def put_context(
+        self, target: str, fp_hash: str, model: str, points: Iterable[ContextPoint]
+    ) -> None:
+        """Store in-context points of a model (see :mod:`~.context`); one transaction."""
+        with self._write(self._conn):
+            _context_table.insert(self._conn, target, fp_hash, model, points)
+
+    def get_context(self, target: str, fp_hash: str, model: str) -> list[ContextPoint]:
+        """The stored in-context points of a model on a device (empty if none)."""
+        return _context_table.select(self._conn, target, fp_hash, model)
+
     # -- export / import ---------------------------------------------------------------
     def export_json(self) -> dict:
         """The whole database as the documented JSON document."""
@@ -353,11 +374,13 @@ class ProfileDB:
                 {"target": r[0], "fingerprint_hash": r[1], "model": r[2], "data": json.loads(r[3])}
                 for r in c.execute("SELECT * FROM calibrations ORDER BY 1,2,3")
             ],
+            "context_points": _context_table.export_rows(c),
         }
 
     def import_json(self, doc: dict) -> int:
         """Merge an exported document; returns the number of measurements imported."""
         check_export(doc, _FORMAT, EXPORT_VERSION)  # all or nothing: checked before storing
+        _context_table.check_rows(doc.get("context_points", []))
         fps = {(d["target"], d["fingerprint_hash"]): d["fingerprint"] for d in doc["devices"]}
         groups: dict[tuple, dict] = {}
         for m in doc["measurements"]:
@@ -373,12 +396,22 @@ class ProfileDB:
             self.put_many(target, fps.get((target, fp_hash), {}), sig, points, fp_hash=fp_hash)
         for c in doc.get("calibrations", []):
             self.put_calibration(c["target"], c["fingerprint_hash"], c["model"], c["data"])
+        self._import_context(doc.get("context_points", []))
         return sum(len(p) for p in groups.values())
+
+    def _import_context(self, rows: list[dict]) -> None:
+        by_model: dict[tuple[str, str, str], list[ContextPoint]] = {}
+        for r in rows:
+            point = ContextPoint(r["config"], r["node"], r["in_ch"], r["out_ch"], float(r["ms"]))
+            by_model.setdefault((r["target"], r["fingerprint_hash"], r["model"]), []).append(point)
+        for (target, fp_hash, model), points in by_model.items():
+            self.put_context(target, fp_hash, model, points)
 
 
 def check_import(doc: object) -> None:
     """Raise :class:`UserError` unless ``doc`` is an export this version can import."""
     check_export(doc, _FORMAT, EXPORT_VERSION)
+    _context_table.check_rows(doc.get("context_points", []))
 
 
 def _refuse_foreign(path: Path) -> None:

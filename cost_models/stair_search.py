@@ -31,7 +31,7 @@ from onnx_hwprune.cost_models.staircase import (
     AxisProfile,
     SearchConfig,
     _interpolate,
-    _valuation,
+    valuation,
 )
 
 __all__ = ["MeasureFn", "detect_axis", "exhaustive_axis"]
@@ -59,7 +59,7 @@ def detect_axis(measure: MeasureFn, full: int, config: SearchConfig | None = Non
     penalties = tuple(
         (v, statistics.median(data[c][0] / _interpolate(lattice_pts, c) for c in counts))
         for v in range(_MAX_VALUATION + 1)
-        if 2**v < align and (counts := [c for c in data if _valuation(c) == v])
+        if 2**v < align and (counts := [c for c in data if valuation(c) == v])
     )
     points = tuple((c, ms, sp) for c, (ms, sp) in sorted(data.items()))
     return AxisProfile(full, lo, align, points, penalties, config.rel_floor)
@@ -77,7 +77,7 @@ def _class_probes(full: int, lo: int) -> dict[int, int]:
     probes = {}
     for v in range(_MAX_VALUATION + 1):
         c = full
-        while c >= lo and _valuation(c) != v:
+        while c >= lo and valuation(c) != v:
             c -= 1
         if c >= lo:
             probes[v] = c
@@ -86,7 +86,7 @@ def _class_probes(full: int, lo: int) -> dict[int, int]:
 
 def _largest_in_class(v: int, upper: int, lo: int) -> int | None:
     c = upper
-    while c >= lo and _valuation(c) != v:
+    while c >= lo and valuation(c) != v:
         c -= 1
     return c if c >= lo else None
 

@@ -11,8 +11,9 @@ channel axis at a time, and returns an :class:`AxisProfile`.
 axes of a layer. With one axis at full, a dense layer's latency is that axis's staircase.
 With both pruned, the estimate lies between the product ``L_out(o) * L_in(i) / L_full``
 (compute-bound: latency ~ in * out) and ``min(L_out(o), L_in(i))`` (fixed costs dominate:
-cutting the second axis gains nothing), blended by a weight fitted on one measured
-off-axis point.
+cutting the second axis gains nothing), blended by a weight fitted on a small grid of
+measured off-axis points, times what the blend still misses there
+(:mod:`~onnx_hwprune.cost_models.off_axis`).
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ import logging
 import math
 from dataclasses import dataclass, field
 
+from onnx_hwprune.cost_models.off_axis import fit_blend, grid_counts, ratio_at
+
 __all__ = [
     "AxisProfile",
     "Estimate",
     "SearchConfig",
     "StaircaseModel",
+    "valuation",
 ]
 
 logger = logging.getLogger(__name__)
@@ -106,7 +110,7 @@ class AxisProfile:
         if count in measured:
             return Estimate(measured[count], "measured")
         factors = dict(self.penalties)
-        if count % self.align and _valuation(count) in factors:
+        if count % self.align and valuation(count) in factors:
             return Estimate(self._unaligned(count, factors), "estimated")
         ms = _interpolate(self._lattice_points(), count)
         return Estimate(ms, "interpolated" if self.lo <= count <= self.full else "estimated")
@@ -117,8 +121,8 @@ class AxisProfile:
         linear in channels): a line through the measured points of the count's 2-adic class
         where they span enough of the range, else the aligned staircase times the class's
         measured factor."""
-        v = _valuation(count)
-        pts = [(c, ms) for c, ms, _ in self.points if c % self.align and _valuation(c) == v]
+        v = valuation(count)
+        pts = [(c, ms) for c, ms, _ in self.points if c % self.align and valuation(c) == v]
         span = max((c for c, _ in pts), default=0) - min((c for c, _ in pts), default=0)
         if span * 4 >= self.full - self.lo and len(pts) >= 2:
             xs, ys = [c for c, _ in pts], [ms for _, ms in pts]
@@ -143,8 +147,9 @@ class AxisProfile:
         return pts or [(c, ms) for c, ms, _ in self.points]
 
 
-def _valuation(count: int) -> int:
-    """Number of trailing zero bits of ``count``, capped at ``_MAX_VALUATION``."""
+def valuation(count: int) -> int:
+    """Number of trailing zero bits of ``count``, capped at ``_MAX_VALUATION`` (the
+    alignment classes: odd, 2 mod 4, 4 mod 8, 8 mod 16, multiple of 16)."""
     v = 0
     while count % 2 == 0 and v < _MAX_VALUATION:
         count //= 2
@@ -196,6 +201,7 @@ class StaircaseModel:
     axes: tuple[tuple[str, AxisProfile], ...]
     per_ch: tuple[int, int] = (1, 1)
     blend: float = 0.0
+    off_axis: tuple[tuple[int, int, float], ...] = ()
 
     def axis(self, name: str) -> AxisProfile | None:
         """The profile of axis ``name`` or None."""
@@ -212,7 +218,19 @@ class StaircaseModel:
             return self._axis_latency("out", out_ch, self.full_out)
         if out_ch == self.full_out:
             return self._axis_latency("in", in_ch, self.full_in)
-        return Estimate(self._off_axis(in_ch, out_ch, self.blend), "estimated")
+        return self._both_axes(in_ch, out_ch)
+
+    def _both_axes(self, in_ch: int, out_ch: int) -> Estimate:
+        """The blended estimate times the measured off-axis ratio surface (off_axis.py)."""
+        blended = self._off_axis(in_ch, out_ch, self.blend)
+        if not self.off_axis:
+            return Estimate(blended, "estimated")
+        measured = {(i, o): ms for i, o, ms in self.off_axis}
+        if (in_ch, out_ch) in measured:
+            return Estimate(measured[(in_ch, out_ch)], "measured")
+        ratios = {(i, o): ms / self._off_axis(i, o, self.blend) for i, o, ms in self.off_axis}
+        full = (self.full_in, self.full_out)
+        return Estimate(blended * ratio_at(ratios, full, in_ch, out_ch), "estimated")
 
     def _macs_scaled(self, in_ch: int, out_ch: int) -> Estimate:
         """A grouped conv whose group count stays fixed: MACs scale with in * out. Only
@@ -239,6 +257,27 @@ class StaircaseModel:
             return self
         blend = min(1.0, max(0.0, (measured_ms - product) / (single - product)))
         return StaircaseModel(**{**self.__dict__, "blend": blend})
+
+    def off_axis_probes(self) -> list[tuple[int, int]]:
+        """The (in, out) grid measured to fit both-axes pruning (see off_axis.py)."""
+        if self.group_kind != "dense" or len(self.axes) != 2:
+            return []
+        pin, pout = self.axis("in"), self.axis("out")
+        ins = grid_counts(self.full_in, pin.lo, pin.align)
+        outs = grid_counts(self.full_out, pout.lo, pout.align)
+        return [(i, o) for i in ins for o in outs]
+
+    def with_off_axis(self, measured: dict[tuple[int, int], float]) -> StaircaseModel:
+        """A copy fitted to measured off-axis points: least-squares blend, then the ratio
+        surface through what the blend still misses."""
+        pts = tuple(sorted((i, o, ms) for (i, o), ms in measured.items()))
+        if not pts:
+            return self
+
+        def bounds(i: int, o: int) -> tuple[float, float]:
+            return self._off_axis(i, o, 0.0), self._off_axis(i, o, 1.0)
+
+        return StaircaseModel(**{**self.__dict__, "blend": fit_blend(pts, bounds), "off_axis": pts})
 
     def diagonal_probe(self) -> tuple[int, int] | None:
         """The (in, out) point used to fit the blend: ~60% of each axis, aligned."""
@@ -277,6 +316,7 @@ class StaircaseModel:
             "axes": {n: p.to_dict() for n, p in self.axes},
             "per_ch": list(self.per_ch),
             "blend": self.blend,
+            **({"off_axis": [list(p) for p in self.off_axis]} if self.off_axis else {}),
         }
 
     @classmethod
@@ -291,4 +331,5 @@ class StaircaseModel:
             axes,
             tuple(d["per_ch"]),
             d.get("blend", 0.0),
+            tuple(tuple(p) for p in d.get("off_axis", ())),
         )

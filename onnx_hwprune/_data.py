@@ -1,5 +1,6 @@
 """The data-driven steps of a pruning job: calibration batches, data criteria, recovery
-and accuracy evaluation. A thin layer over ``runtime.recovery`` and ``runtime.evaluate``."""
+and accuracy evaluation. A thin layer over ``recovery`` (the passes with the runtime's
+providers) and ``runtime.evaluate``."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ from onnx_hwprune.passes.analysis.data_importance import DATA_CRITERIA
 from onnx_hwprune.passes.analysis.groups import ChannelGroups
 from onnx_hwprune.passes.plan.plan import Plan
 
-__all__ = ["activations", "calibration", "recover_model", "quantize_model", "accuracy_section"]
+__all__ = [
+    "activations", "calibration", "recover_model", "quantize_model", "accuracy_section",
+    "tensors",
+]  # fmt: skip
 
 
 def calibration(opts: PruneOptions, source: onnx.ModelProto):
@@ -38,6 +42,13 @@ def activations(factory):
     return channel_stats_provider(factory)
 
 
+def tensors(factory, max_samples: int | None = None):
+    """The raw tensor provider passes read from ``PassContext.tensors``."""
+    from onnx_hwprune.runtime.calib_stats import tensor_stream_provider
+
+    return tensor_stream_provider(factory, max_samples)
+
+
 def recover_model(
     opts: PruneOptions,
     source: onnx.ModelProto,
@@ -46,8 +57,8 @@ def recover_model(
     plan: Plan,
     factory,
 ) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    """The recovered model and what recovery did (``runtime/recover_methods.py``)."""
-    from onnx_hwprune.runtime.recover_methods import run_recovery
+    """The recovered model and what recovery did (``_recover_methods.py``)."""
+    from onnx_hwprune._recover_methods import run_recovery
 
     return run_recovery(opts, source, pruned, groups, plan, factory)
 

@@ -102,7 +102,11 @@ def _measured(opts: PruneOptions, static: onnx.ModelProto, db, progress):
     from onnx_hwprune.runtime.targets import get_target
 
     backend = get_target(opts.target).make_backend(threads=opts.threads)
-    cost = build_cost_model(static, backend, opts.target, db, progress=progress)
+    from onnx_hwprune.context_configs import context_models
+
+    own = opts.quantize != "int8"  # the frontend's own output: not normalised a second time
+    cost = build_cost_model(static, backend, opts.target, db, progress=progress, normalized=own,
+                            context_models=context_models)  # fmt: skip
     counts = db.quality_counts(opts.target, backend.fingerprint_hash())
     if counts["noisy"] + counts["drifted"]:
         log.warning(

@@ -1,11 +1,12 @@
 """The one-call API: ``onnx_hwprune.prune(model, ...)``.
 
-A thin composition of the passes and the runtime steps:
+A thin composition of the passes and the runtime steps, as a flat list of named steps
+(:data:`PIPELINE`):
 
-    load + analyse -> [cost model: profile what the DB lacks] -> scores (weights or data)
-    -> plan (uniform | global | latency | a given plan) -> [snap] -> remove channels
-    -> export -> [recover on calibration data] -> verify -> report
-    (predicted latency with provenance, measured latency, accuracy)
+    analyse -> calibrate -> price (cost model: profile what the DB lacks)
+    -> plan and remove (scores, uniform | global | latency | a given plan, [snap], removal,
+       [closed loop]) -> keep dims -> [recover] -> [quantize] -> verify
+    -> report (predicted latency with provenance, measured latency, accuracy)
 
 Use the passes directly for anything else.
 """
@@ -28,6 +29,7 @@ from onnx_hwprune.passes._infra import Module, Pass, PassContext, Sequential
 from onnx_hwprune.passes.analysis.channel_groups import ChannelGroupAnalysis
 from onnx_hwprune.passes.analysis.data_importance import DATA_CRITERIA, DataImportance
 from onnx_hwprune.passes.analysis.importance import ChannelImportance
+from onnx_hwprune.passes.analysis.sensitivity import SensitivityAnalysis
 from onnx_hwprune.passes.analysis.stats import model_stats
 from onnx_hwprune.passes.plan.latency import SnapPass
 from onnx_hwprune.passes.plan.methods import PlanRequest, get_method
@@ -97,77 +99,193 @@ def prune_once(
     progress: Callable | None = None,
     pricing: _latency.Pricing | None = None,
 ) -> PruneResult:
-    """One pruning job at ``opts``' budget, without the accuracy search. ``pricing``
+    """One pruning job at ``opts``' budget, without the accuracy search: the steps of
+    :data:`PIPELINE` in order, then the report from what they produced. ``pricing``
     shares one cost model between the jobs of a search (profiling happens once)."""
-    mod = ChannelGroupAnalysis()(Module(load_graph(model, opts.input_shapes)), ctx)
+    job = _Job(model, opts, ctx, progress, pricing or _latency.Pricing())
+    for name, step in PIPELINE:
+        log.debug("prune step: %s", name)
+        job = step(job)
+        if job.reason:  # nothing to prune or to price: not bad input, the model stays
+            report = {"options": opts.to_json(), "reason": job.reason}
+            return PruneResult(None, None, report, job.reason)
+    return PruneResult(job.written, job.planned.plan, _report(job))
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What the steps of one job have produced so far. Each step returns a new one."""
+
+    model: ModelSource
+    opts: PruneOptions
+    ctx: PassContext
+    progress: Callable | None
+    pricing: _latency.Pricing
+    reason: str = ""  # set by a step that finds nothing to do: the pipeline stops
+    mod: Module | None = None  # the analysed original (graph + channel groups)
+    source: onnx.ModelProto | None = None  # its export: the names later steps refer to
+    factory: Any = None  # calibration batches, or None
+    cost: Any = None  # the cost model, its backend (None: not timed), and a note
+    backend: Any = None
+    latency_note: str = ""
+    planned: Module | None = None  # the original with its plan
+    comp: Compensation | None = None
+    pruned_graph: Any = None
+    out: onnx.ModelProto | None = None  # the pruned model, at the planning shapes
+    rounds: list | None = None  # the closed loop's measurements
+    kept: Any = None  # the model at the user's dynamic dims (_dynamic.keep_model_dims)
+    written: onnx.ModelProto | None = None  # what will be written
+    recovery: dict | None = None
+    pruned_float: onnx.ModelProto | None = None  # before quantization
+
+    def but(self, **changes: Any) -> _Job:
+        return replace(self, **changes)
+
+
+def _analyse(job: _Job) -> _Job:
+    mod = ChannelGroupAnalysis()(Module(load_graph(job.model, job.opts.input_shapes)), job.ctx)
     if not mod.groups.prunable:
-        reason = "no prunable channel group: " + _frozen_summary(mod)
-        return PruneResult(None, None, {"options": opts.to_json(), "reason": reason}, reason)
-    source = export_model(mod.graph)  # the names every later step refers to
-    factory = _data.calibration(opts, source)
+        return job.but(reason="no prunable channel group: " + _frozen_summary(mod))
+    return job.but(mod=mod, source=export_model(mod.graph))
+
+
+def _calibrate(job: _Job) -> _Job:
+    """Bad calibration data fails here, before any profiling or planning."""
+    return job.but(factory=_data.calibration(job.opts, job.source))
+
+
+def _price(job: _Job) -> _Job:
+    opts = job.opts
     try:
-        cost, backend, latency_note = _cost_model(
-            opts, source, progress, pricing or _latency.Pricing()
-        )
+        cost, backend, note = _cost_model(opts, job.source, job.progress, job.pricing)
     except NothingToPrice as exc:  # e.g. integer operators: no latency model, not bad input
-        reason = f"no layer the {opts.target} cost model can price: {exc}"
-        return PruneResult(None, None, {"options": opts.to_json(), "reason": reason}, reason)
+        return job.but(reason=f"no layer the {opts.target} cost model can price: {exc}")
+    ctx = job.ctx
     if opts.needs_cost_model():
         ctx = replace(ctx, cost_model=cost, target=_target(opts))
+    return job.but(cost=cost, backend=backend, latency_note=note, ctx=ctx)
 
-    def attempt(ctx):
+
+def _sense(job: _Job) -> _Job:
+    """Measured sensitivity (``--calib``, budget planners): the refit error per group and
+    kept count, measured once, before any (re-)planning round of the closed loop."""
+    if not job.opts.uses_sensitivity():
+        return job
+    scored = _scored(job.opts, job.mod, job.factory, job.ctx)
+    return job.but(mod=_sensitivity(job.opts, scored, job.factory, job.ctx))
+
+
+def _plan_and_remove(job: _Job) -> _Job:
+    """Scores, plan, removal; with a budget measured on the target, re-planned while the
+    measured result misses it (``closed_loop.py``)."""
+    opts, mod, factory = job.opts, job.mod, job.factory
+
+    def attempt(ctx: PassContext):
         planned = _plan(opts, mod, factory, ctx)
         comp = _compensation(opts, planned)
         pruned_graph = _remove(planned, ctx, comp)
         # at the planning shapes: what latency is measured on
         return planned, (comp, pruned_graph), export_model(pruned_graph)
 
-    rounds = None
-    if _closes_loop(opts, backend):  # measure the result; re-plan while it misses
+    rounds, cost = None, job.cost
+    if _closes_loop(opts, job.backend):
         from onnx_hwprune.closed_loop import close_loop
 
-        attempted, rounds, cost = close_loop(attempt, ctx, opts.effective_budget, backend, source,
-                                             mod.groups, mod.graph)  # fmt: skip
+        measured = (job.backend, job.source, mod.groups, mod.graph)
+        attempted, rounds, cost = close_loop(
+            attempt, job.ctx, opts.effective_budget, *measured, form=_timed_form(opts)
+        )
     else:
-        attempted = attempt(ctx)
+        attempted = attempt(job.ctx)
     planned, (comp, pruned_graph), out = attempted
-    written, kept = out, None
-    if opts.input_shapes and not opts.fix_input_shape:
-        kept = keep_model_dims(model, planned.plan, lambda m: export_model(_remove(m, ctx, comp)))
-        written = kept.model or out
-    recovery = None
-    if opts.resolved_recover():
-        rec_source, rec_groups = (
-            (kept.source, kept.module.groups) if kept and kept.model else (source, mod.groups)
-        )
-        written, recovery = _data.recover_model(
-            opts, rec_source, written, rec_groups, planned.plan, factory
-        )
-    pruned_float = None
-    if opts.quantize:
-        pruned_float, written = written, _data.quantize_model(opts, written, factory)
-    verify_model(written)
-    report = build_report(
-        mod.groups,
-        planned.plan,
-        model_stats(mod.graph),
-        model_stats(pruned_graph),
-        opts.to_json(),
+    return job.but(planned=planned, comp=comp, pruned_graph=pruned_graph, out=out,
+                   written=out, rounds=rounds, cost=cost)  # fmt: skip
+
+
+def _timed_form(opts: PruneOptions):
+    """How models are timed against the budget: as the cost model priced them. With
+    ``--quantize int8`` the plan is priced on int8 kernels, so it is judged in QDQ form
+    (timed as float, an int8 plan looked over-pruned and the loop could not see it)."""
+    if opts.quantize != "int8":
+        return None
+    from onnx_hwprune.runtime.quantize import qdq_for_planning
+
+    return qdq_for_planning
+
+
+def _keep_dims(job: _Job) -> _Job:
+    """Re-apply the plan at the model's own dynamic dims when shapes were only given to plan."""
+    if not job.opts.input_shapes or job.opts.fix_input_shape:
+        return job
+
+    def remove(planned: Module) -> onnx.ModelProto:
+        return export_model(_remove(planned, job.ctx, job.comp))
+
+    kept = keep_model_dims(job.model, job.planned.plan, remove)
+    return job.but(kept=kept, written=kept.model or job.written)
+
+
+def _recover(job: _Job) -> _Job:
+    if not job.opts.resolved_recover():
+        return job
+    kept = job.kept
+    source, groups = (
+        (kept.source, kept.module.groups) if kept and kept.model else (job.source, job.mod.groups)
     )
-    _add_sections(report, opts, cost, backend, mod, planned.plan, source, (out, written), rounds)
-    if rounds is not None:
-        report["latency"]["closed_loop"] = rounds
-    if pruned_float is not None:
-        _add_quantize_section(report, opts, source, pruned_float, written)
-    if recovery is not None:
-        report["recovery"] = recovery
-    report["output"] = output_section(written, kept)
-    if latency_note and "predicted" not in report.get("latency", {}):
-        report.setdefault("latency", {})["note"] = latency_note
-    if comp is not None:
-        report["bias_compensation"] = comp.summary()
-    _add_fidelity(report, source, written, factory)
-    return PruneResult(written, planned.plan, report)
+    written, section = _data.recover_model(
+        job.opts, source, job.written, groups, job.planned.plan, job.factory
+    )
+    return job.but(written=written, recovery=section)
+
+
+def _quantize(job: _Job) -> _Job:
+    if not job.opts.quantize:
+        return job
+    quantized = _data.quantize_model(job.opts, job.written, job.factory)
+    return job.but(pruned_float=job.written, written=quantized)
+
+
+def _verify(job: _Job) -> _Job:
+    verify_model(job.written)  # nothing invalid is ever returned, let alone written
+    return job
+
+
+PIPELINE: tuple[tuple[str, Callable[[_Job], _Job]], ...] = (
+    ("analyse", _analyse),  # load, normalise, channel groups (stops: nothing prunable)
+    ("calibrate", _calibrate),  # calibration batches, checked now
+    ("price", _price),  # the target's cost model, or baseline timing (stops: nothing priced)
+    ("sense", _sense),  # [--calib] scores and the measured refit error per group and count
+    ("plan and remove", _plan_and_remove),  # scores, plan, [snap], removal, [closed loop]
+    ("keep dims", _keep_dims),  # the user's dynamic dims back
+    ("recover", _recover),  # RecoverPass / distill / auto on calibration data
+    ("quantize", _quantize),  # int8 after recovery
+    ("verify", _verify),  # checker + strict shape inference
+)
+"""One pruning job, step by step; each step reads the job so far and returns a new one."""
+
+
+def _report(job: _Job) -> dict[str, Any]:
+    """The report, section by section, from what the steps produced."""
+    opts, mod, plan = job.opts, job.mod, job.planned.plan
+    report = build_report(mod.groups, plan, model_stats(mod.graph),
+                          model_stats(job.pruned_graph), opts.to_json())  # fmt: skip
+    models = (job.out, job.written)
+    _add_sections(report, opts, job.cost, job.backend, mod, plan, job.source, models, job.rounds)
+    if job.rounds is not None:
+        report["latency"]["closed_loop"] = job.rounds
+    if job.pruned_float is not None:
+        _add_quantize_section(report, opts, job.source, job.pruned_float, job.written)
+    if job.recovery is not None:
+        report["recovery"] = job.recovery
+    if mod.sensitivity is not None:
+        report["sensitivity"] = mod.sensitivity.summary()
+    report["output"] = output_section(job.written, job.kept)
+    if job.latency_note and "predicted" not in report.get("latency", {}):
+        report.setdefault("latency", {})["note"] = job.latency_note
+    if job.comp is not None:
+        report["bias_compensation"] = job.comp.summary()
+    _add_fidelity(report, job.source, job.written, job.factory)
+    return report
 
 
 def _cost_model(opts: PruneOptions, source: onnx.ModelProto, progress, pricing):
@@ -227,13 +345,22 @@ def _target(opts: PruneOptions):
 
 
 def _plan(opts: PruneOptions, mod: Module, factory, ctx: PassContext) -> Module:
-    if get_method(opts.resolved_method()).needs_scores or opts.snap:
-        if opts.criterion in DATA_CRITERIA:
-            data_ctx = replace(ctx, activations=_data.activations(factory))
-            mod = DataImportance(opts.criterion)(mod, data_ctx)
-        else:
-            mod = ChannelImportance(opts.criterion)(mod, ctx)
+    if mod.scores is None and (get_method(opts.resolved_method()).needs_scores or opts.snap):
+        mod = _scored(opts, mod, factory, ctx)
     return Sequential(planning_passes(opts), "plan")(mod, ctx)
+
+
+def _scored(opts: PruneOptions, mod: Module, factory, ctx: PassContext) -> Module:
+    if opts.criterion in DATA_CRITERIA:
+        data_ctx = replace(ctx, activations=_data.activations(factory))
+        return DataImportance(opts.criterion)(mod, data_ctx)
+    return ChannelImportance(opts.criterion)(mod, ctx)
+
+
+def _sensitivity(opts: PruneOptions, mod: Module, factory, ctx: PassContext) -> Module:
+    """Measured refit error per group and count: the budget planners' objective."""
+    tensors = _data.tensors(factory, ctx.get("plan.sensitivity_samples"))
+    return SensitivityAnalysis()(mod, replace(ctx, tensors=tensors))
 
 
 def _last_measured(last: dict) -> dict:
@@ -248,7 +375,7 @@ def _add_sections(report, opts, cost, backend, mod, plan, source, models, rounds
     if cost is not None:
         latency["predicted"] = _latency.predicted_section(cost, mod.graph, mod.groups, plan)
     if opts.measure and backend is not None and rounds:  # the loop's last measurement
-        latency["measured"] = _last_measured(rounds[-1])
+        latency["measured"] = _last_measured(next(r for r in rounds if r.get("kept")))
     elif opts.measure and backend is not None:
         latency["measured"] = _latency.measured_section(
             backend, {"original": source, "pruned": out}

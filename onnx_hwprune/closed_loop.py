@@ -7,6 +7,14 @@ the original (one run, so load hits both alike). When it misses the budget by mo
 :data:`MAX_ROUNDS` times. A fractional budget is judged against the original measured in
 the same run, a budget in ms as given. Every round is reported.
 
+A plan that *undershoots* by more than :data:`UNDERSHOOT` (measured well under the
+budget: the model under-credited pruning and removed more than the budget needed, which
+costs accuracy for nothing) is corrected the same way and planned again, pruning less.
+When a later round then misses the budget, the last plan that met it is kept.
+
+With ``form`` (e.g. the int8 QDQ form for ``--quantize int8``), the models are timed in
+the form the cost model prices, not as float.
+
 Two stops protect the plan from chasing noise: a round whose timings spread more than
 :data:`MAX_SPREAD` (IQR/median) is not used to correct anything (the miss may be noise;
 the report says so), and a corrected model that cannot reach the budget at all keeps the
@@ -23,12 +31,13 @@ from typing import Any
 from onnx_hwprune.cost_models.anchor import corrected
 from onnx_hwprune.passes.plan._channels import ChannelMap
 
-__all__ = ["MAX_ROUNDS", "TOLERANCE", "close_loop"]
+__all__ = ["MAX_ROUNDS", "TOLERANCE", "UNDERSHOOT", "close_loop"]
 
 log = logging.getLogger(__name__)
 
 MAX_ROUNDS = 3
 TOLERANCE = 0.03
+UNDERSHOOT = 0.10
 MAX_SPREAD = 0.10
 
 Attempt = Callable[[Any], tuple[Any, Any, Any]]
@@ -36,23 +45,26 @@ Attempt = Callable[[Any], tuple[Any, Any, Any]]
 ``ctx.cost_model`` and apply the plan."""
 
 
-def close_loop(attempt: Attempt, ctx, budget, backend, source, groups, graph):
-    """Run ``attempt`` and re-plan through measurements; returns (attempt's result, rounds,
-    the cost model of the last plan)."""
+def close_loop(attempt: Attempt, ctx, budget, backend, source, groups, graph, form=None):
+    """Run ``attempt`` and re-plan through measurements; returns (the kept attempt's
+    result, rounds, the cost model of the kept plan). The kept round has ``"kept": True``."""
     from onnx_hwprune._latency import measured_section
 
-    result = attempt(ctx)
-    rounds: list[dict] = []
+    timed = form or (lambda model: model)
+    original = timed(source)
+    result, rounds, met = attempt(ctx), [], None
     for index in range(MAX_ROUNDS + 1):
         planned, out = result[0], result[-1]
-        got = measured_section(backend, {"original": source, "pruned": out})
+        got = measured_section(backend, {"original": original, "pruned": timed(out)})
         orig, pruned = got["original"]["median_ms"], got["pruned"]["median_ms"]
-        budget_ms = budget.resolve(orig)
         channels = _channels(ctx.cost_model, graph, groups, planned.plan)
-        rounds.append(_round(index, ctx.cost_model.predict(channels), orig, pruned, budget_ms))
+        rounds.append(_round(index, ctx.cost_model.predict(channels), orig, pruned,
+                             budget.resolve(orig)))  # fmt: skip
         rounds[-1]["spreads"] = [got["original"]["spread"], got["pruned"]["spread"]]
         log.info("closed loop round %d: %s", index, rounds[-1])
-        if pruned <= budget_ms * (1 + TOLERANCE) or index == MAX_ROUNDS:
+        if rounds[-1]["miss"] <= TOLERANCE:
+            met = (index, result, ctx)
+        if -UNDERSHOOT <= rounds[-1]["miss"] <= TOLERANCE or index == MAX_ROUNDS:
             break
         if max(rounds[-1]["spreads"]) > MAX_SPREAD:
             rounds[-1]["note"] = "timings too noisy to correct the model; stopped"
@@ -64,6 +76,11 @@ def close_loop(attempt: Attempt, ctx, budget, backend, source, groups, graph):
             rounds[-1]["note"] = note
             break
         result, ctx = fresh, fresh_ctx
+    kept = len(rounds) - 1
+    if met is not None and rounds[-1]["miss"] > TOLERANCE:  # the last plan missed
+        kept, result, ctx = met
+        rounds[-1]["note"] = f"missed the budget; kept round {kept}'s plan, which met it"
+    rounds[kept]["kept"] = True
     return result, rounds, ctx.cost_model
 
 

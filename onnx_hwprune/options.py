@@ -23,6 +23,9 @@ DEFAULT_RATIO = 0.3
 # How --method latency plans: the exact program (default) or the greedy (also its fallback).
 LATENCY_PLANNERS = ("exact", "greedy")
 RECOVER_CHOICES = ("auto", "bias", "lsq", "distill", "none")
+# Measured sensitivity (passes/analysis/sensitivity.py) as the budget planners' objective;
+# "auto": on when --calib is given to a budget-driven method.
+SENSITIVITY_CHOICES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class PruneOptions:
     max_accuracy_drop: float | None = None
     # Relax the *default* budget when outputs move too far (None: on for the default job).
     guard: bool | None = None
+    sensitivity: str = "auto"
 
     def __post_init__(self) -> None:
         # The API takes a budget as text too ("0.6", "12ms"), as the CLI does.
@@ -112,6 +116,12 @@ class PruneOptions:
             return None
         return self.recover or ("auto" if self.calib is not None else None)
 
+    def uses_sensitivity(self) -> bool:
+        """Plan on the measured refit error instead of importance sums (see SENSITIVITY_CHOICES)."""
+        if self.sensitivity == "off" or self.calib is None:
+            return False
+        return self.method_record().reads_sensitivity and self.plan is None
+
     def needs_cost_model(self) -> bool:
         return self.method_record().needs_cost_model or self.snap
 
@@ -141,6 +151,10 @@ class PruneOptions:
             raise UserError("--max-accuracy-drop needs --eval or --calib data")
         if self.recover not in (None, "none") and self.calib is None:
             raise UserError(f"--recover {self.recover} needs calibration data (--calib)")
+        if self.sensitivity not in SENSITIVITY_CHOICES:
+            raise UserError(f"--sensitivity must be one of {', '.join(SENSITIVITY_CHOICES)}")
+        if self.sensitivity == "on" and (self.calib is None or not self.uses_sensitivity()):
+            raise UserError("--sensitivity on needs --calib and --method latency")
         if self.quantize is not None and self.calib is None:
             raise UserError(f"--quantize {self.quantize} needs calibration data (--calib)")
 
@@ -150,6 +164,7 @@ class PruneOptions:
             "method": self.resolved_method(),
             "ratio": self.ratio if self.method_record().drive == "ratio" else None,
             "criterion": self.criterion,
+            "sensitivity": self.uses_sensitivity(),
             "snap": self.snap,
             "target": self.target,
             "latency_budget": str(self.effective_budget) if self.needs_cost_model() else None,

@@ -125,7 +125,11 @@ def _loop_lines(rounds: list[dict[str, Any]]) -> list[str]:
     """One line per closed-loop round: measured against the budget."""
     lines = []
     for r in rounds:
-        verdict = "met" if r["miss"] <= 0.03 else "missed"
+        verdict = "missed" if r["miss"] > 0.03 else "met"
+        if r["miss"] < -0.10:
+            verdict = "met, but pruned more than the budget needed"
+        if r.get("kept") and len(rounds) > 1:
+            verdict += "; this plan is kept"
         lines.append(
             f"closed loop round {r['round']}: measured {r['measured_ms']:.3f} ms "
             f"(predicted {r['predicted_ms']:.3f}) vs budget {r['budget_ms']:.3f} ms: "
@@ -155,9 +159,21 @@ def _planner_lines(report: dict[str, Any]) -> list[str]:
         return []
     gap = meta.get("gap")
     gap_text = f", gap {gap:.2%}" if isinstance(gap, float) and gap == gap else ""
+    lost = "measured refit error" if "sensitivity" in report else "importance lost"
     return [
-        f"planner: exact, {meta.get('status')}{gap_text}; importance lost "
+        f"planner: exact, {meta.get('status')}{gap_text}; {lost} "
         f"{meta.get('importance_loss', float('nan')):.2f} (greedy: {meta['greedy_loss']:.2f})"
+    ]
+
+
+def _sensitivity_lines(report: dict[str, Any]) -> list[str]:
+    s = report.get("sensitivity")
+    if not s:
+        return []
+    return [
+        f"sensitivity: refit error measured for {s['groups_measured']} groups on "
+        f"{s['samples']} samples ({len(s['groups_fallback'])} priced by importance), "
+        f"{s['seconds']:.1f} s"
     ]
 
 
@@ -170,6 +186,7 @@ def format_summary(report: dict[str, Any], max_rows: int = 12) -> str:
         f"MACs:   {_ratio(net['macs'])}",
         *_latency_lines(report),
         *_planner_lines(report),
+        *_sensitivity_lines(report),
         *_accuracy_lines(report),
         *guard_lines(report),
         "",

@@ -57,6 +57,9 @@ class Module:
     groups: ChannelGroups | None = None
     scores: Mapping[str, np.ndarray] | None = None
     plan: Plan | None = None
+    # Measured cost of removing channels (passes/analysis/sensitivity.py SensitivityTable);
+    # the latency planners minimise it instead of importance sums when present.
+    sensitivity: Any = None
 
     def replace(self, **changes: Any) -> Module:
         return dataclasses.replace(self, **changes)
@@ -93,6 +96,12 @@ CONFIG_KEYS: Mapping[str, ConfigKey] = {
     "plan.time_limit": ConfigKey(float, 5.0, "seconds the exact planner's solver may search"),
     "plan.max_levels": ConfigKey(int, 32, "the exact planner's candidate counts per group"),
     "plan.mip_gap": ConfigKey(float, 1e-3, "the exact planner stops within this relative gap"),
+    "plan.sensitivity_rows": ConfigKey(
+        int, 4096, "measured sensitivity: patch rows per layer (at least 4x its columns)"
+    ),
+    "plan.sensitivity_samples": ConfigKey(
+        int, 256, "measured sensitivity: calibration samples streamed at most"
+    ),
 }
 
 
@@ -115,6 +124,11 @@ class PassContext:
     # ``{kind: {tensor: per-channel statistic}}`` over calibration data. The runtime
     # makes one (runtime.calib_stats.channel_stats_provider); passes never run models.
     activations: Any = None
+    # Tensor provider: ``tensors([(graph, tensor names), ...])`` -> an iterator with, per
+    # calibration batch, a tuple of ``{name: array}`` (each graph run on that batch), so
+    # a pass can stream raw tensors (runtime.calib_stats.tensor_stream_provider). A graph
+    # that will not change may be given as its export (frontends.onnx.export_model).
+    tensors: Any = None
 
     _current: ClassVar[contextvars.ContextVar[PassContext | None]] = contextvars.ContextVar(
         "onnx_hwprune_pass_context", default=None

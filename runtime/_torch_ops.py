@@ -169,7 +169,7 @@ def _conv(n: NodeInfo) -> Fn:
 
 def _same_conv(n: NodeInfo, nd: int) -> Fn:
     """auto_pad SAME_*: the pads depend on the input size, so they are resolved per call."""
-    from onnx_hwprune.passes.transform._pads import explicit_pads
+    from onnx_hwprune.frontends.onnx._pads import explicit_pads
 
     kernel = tuple(n.const(1).shape[2:])
     strides = list(n.attrs.get("strides", [1] * nd))

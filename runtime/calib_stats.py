@@ -1,38 +1,29 @@
-"""Statistics over calibration data for data-driven criteria and for recovery.
+"""The two providers through which passes get numbers from calibration data.
 
-Every function takes an iterable of batches (``{input name: array}``, e.g. from
-``frontends.calib.iter_calibration``), runs the model(s) batch by batch with the needed
-intermediate tensors exposed as extra outputs, and keeps only running sums, so memory does
-not grow with the number of samples:
+Passes never run models; they ask the ``PassContext``, and these run the model(s) batch by
+batch (``{input name: array}``, e.g. from ``frontends.calib.iter_calibration``) with the
+needed intermediate tensors exposed as extra outputs. Nothing is kept across batches but
+running sums (or, for raw tensors, nothing at all), so memory does not grow with the
+number of samples:
 
-- :func:`collect_channel_stats`: per-channel reducers (``mean_abs``, ``apoz``,
-  ``mean_square``, ``moments``) on chosen tensors of one model, in one pass;
-- :func:`accumulate_normal_equations`: ``AᵀA``, ``AᵀT`` for one consumer layer, from the
-  pruned model's input to it and the original model's output of it (same batches fed to
-  both); at most ``max_rows`` rows per batch, picked with a fixed seed;
-- :func:`patch_column_means`: exact patch-column means of consumer inputs (for bias
-  compensation);
-- :func:`paired_moments`: per-channel mean/var of tensors in the original and the pruned
-  model (for BatchNorm refresh).
+- :func:`channel_stats_provider` (``PassContext.activations``): per-channel reducers
+  (``mean_abs``, ``apoz``, ``mean_square``, ``moments``) on chosen tensors of one graph,
+  in one pass (:func:`collect_channel_stats`);
+- :func:`tensor_stream_provider` (``PassContext.tensors``): raw tensors of one or several
+  graphs, all run on the same batch, yielded batch by batch (recovery's refit needs the
+  original's output and the pruned graph's input of a layer side by side).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
 
 from onnx_hwprune.errors import UserError
-from onnx_hwprune.passes.transform.recover import (
-    LinearLayer,
-    NormalEquations,
-    output_rows,
-    patch_column_sums,
-    patch_rows,
-    row_count,
-)
 from onnx_hwprune.runtime.activations import (
     ChannelAPoZ,
     ChannelMeanAbs,
@@ -47,11 +38,9 @@ __all__ = [
     "ChannelMean",
     "ChannelMeanSquare",
     "ChannelMoments",
-    "accumulate_normal_equations",
     "channel_stats_provider",
     "collect_channel_stats",
-    "paired_moments",
-    "patch_column_means",
+    "tensor_stream_provider",
 ]
 
 logger = logging.getLogger(__name__)
@@ -117,15 +106,29 @@ def _line(err: Exception) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def _paired(
-    a: _Runner, b: _Runner, batches: Batches
-) -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+def _streamed(
+    runners: Sequence[_Runner], batches: Batches, max_samples: int | None = None
+) -> Iterator[tuple[dict[str, np.ndarray], ...]]:
     seen = 0
-    for batch in batches:
+    for batch in _limited(batches, max_samples):
         seen += 1
-        yield a.run(batch), b.run(batch)
+        yield tuple(runner.run(batch) for runner in runners)
     if not seen:
         raise UserError("calibration data has zero samples")
+
+
+def _limited(batches: Batches, max_samples: int | None) -> Iterator[Mapping[str, np.ndarray]]:
+    """At most ``max_samples`` samples of ``batches`` (the last batch cut)."""
+    left = max_samples
+    for batch in batches:
+        if left is None:
+            yield batch
+            continue
+        n = min(left, len(next(iter(batch.values()))))
+        if n <= 0:
+            return
+        yield {k: v[:n] for k, v in batch.items()}
+        left -= n
 
 
 def collect_channel_stats(
@@ -155,74 +158,6 @@ def collect_channel_stats(
     return {kind: {n: reducers[kind].result(n) for n in names} for kind, names in requests.items()}
 
 
-def accumulate_normal_equations(
-    original: onnx.ModelProto,
-    pruned: onnx.ModelProto,
-    layer: LinearLayer,
-    tensors: tuple[str, str],
-    batches: Batches,
-    max_rows: int = 4096,
-    seed: int = 0,
-    equations: NormalEquations | None = None,
-) -> NormalEquations:
-    """Normal equations of one consumer: pruned input rows -> original kept output rows.
-
-    Args:
-        tensors: ``(input tensor, output tensor)`` names of the layer (same in both models).
-        max_rows: rows kept per batch; more are subsampled uniformly without replacement
-            by a generator seeded with ``seed`` (so the result is deterministic).
-        equations: where to accumulate (anything with ``add(a, t)``, e.g. the per-group
-            ``BlockEquations``); a plain one over the kept columns by default.
-    """
-    x_name, y_name = tensors
-    rng = np.random.default_rng(seed)
-    eq = equations or NormalEquations(len(layer.kept_columns()), len(layer.out_keep))
-    pairs = _paired(_Runner(original, [y_name]), _Runner(pruned, [x_name]), batches)
-    for orig, prun in pairs:
-        x = prun[x_name]
-        total = row_count(layer, x)
-        rows = None if total <= max_rows else np.sort(rng.choice(total, max_rows, replace=False))
-        target = output_rows(layer, orig[y_name], rows)[:, layer.out_keep]
-        eq.add(patch_rows(layer, x, rows), target)
-    return eq
-
-
-def patch_column_means(
-    model: onnx.ModelProto, layers: Mapping[str, tuple[LinearLayer, str]], batches: Batches
-) -> dict[str, np.ndarray]:
-    """``{key: mean of every patch column}`` of each layer's input tensor, in one pass.
-
-    ``layers`` maps any key (a node name) to ``(layer, input tensor name)``.
-    """
-    runner = _Runner(model, [name for _, name in layers.values()])
-    sums = {key: np.zeros(0) for key in layers}
-    counts = dict.fromkeys(layers, 0)
-    for batch in batches:
-        values = runner.run(batch)
-        for key, (layer, name) in layers.items():
-            s, n = patch_column_sums(layer, values[name])
-            sums[key] = sums[key] + s if counts[key] else s
-            counts[key] += n
-    if not any(counts.values()):
-        raise UserError("calibration data has zero samples")
-    return {key: sums[key] / counts[key] for key in layers}
-
-
-def paired_moments(
-    original: onnx.ModelProto, pruned: onnx.ModelProto, tensors: Sequence[str], batches: Batches
-) -> dict[str, tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]]:
-    """``{tensor: ((mean, var) in original, (mean, var) in pruned)}`` per channel (axis 1).
-
-    The original's statistics cover all its channels; callers slice the kept ones.
-    """
-    moments_o, moments_p = ChannelMoments(), ChannelMoments()
-    for orig, prun in _paired(_Runner(original, tensors), _Runner(pruned, tensors), batches):
-        for name in tensors:
-            moments_o(name, orig[name])
-            moments_p(name, prun[name])
-    return {name: (moments_o.result(name), moments_p.result(name)) for name in tensors}
-
-
 def channel_stats_provider(factory: Callable[[], Batches]):
     """The context's activation provider (``PassContext.activations``) over calibration
     batches: ``provider(graph, requests) -> {reducer kind: {tensor: statistic}}``, one
@@ -233,3 +168,23 @@ def channel_stats_provider(factory: Callable[[], Batches]):
         return collect_channel_stats(export_model(graph), factory(), requests)
 
     return provide
+
+
+def tensor_stream_provider(factory: Callable[[], Batches], max_samples: int | None = None):
+    """The context's tensor provider (``PassContext.tensors``) over calibration batches:
+    ``provider([(graph, names), ...])`` -> an iterator of ``({name: array}, ...)``, one
+    tuple per batch of ``factory()`` (at most ``max_samples`` samples), every graph run on
+    that batch. Each graph is exported when the provider is called, so a pass sees the
+    graph as it is at that moment; a graph given already exported
+    (``frontends.onnx.export_model``) is run as it is."""
+    from onnx_hwprune.frontends.onnx import export_model
+
+    def provide(requests: Sequence[tuple[Any, Sequence[str]]]):
+        runners = [_Runner(_model(graph, export_model), names) for graph, names in requests]
+        return _streamed(runners, factory(), max_samples)
+
+    return provide
+
+
+def _model(graph: Any, export: Callable[[Any], onnx.ModelProto]) -> onnx.ModelProto:
+    return graph if isinstance(graph, onnx.ModelProto) else export(graph)

@@ -135,7 +135,7 @@ def distill(
     Args:
         original: the teacher (not modified); the same input names as ``pruned``.
         pruned: the student's starting point (not modified), e.g. after ``lsq``.
-        factory: calibration batches, read once per epoch (see ``recovery.calib_factory``).
+        factory: calibration batches, read once per epoch (see ``frontends.calib.calib_factory``).
         steps, time_limit: stop after this many Adam steps or seconds, whichever first.
         lr: Adam learning rate (scaled per tensor by Adam itself).
         augment: random flips, shifts and noise on 4-D image inputs.

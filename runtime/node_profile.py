@@ -28,7 +28,7 @@ import onnxruntime as ort
 
 from onnx_hwprune.runtime.ort_cpu import random_feeds, session_options
 
-__all__ = ["InContextProfile", "attribute_to_layers", "profile_nodes"]
+__all__ = ["InContextProfile", "attribute_to_layers", "profile_nodes", "profile_nodes_interleaved"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +70,47 @@ def profile_nodes(model: onnx.ModelProto, threads: int, runs: int = 10) -> dict[
             name = ev["name"][: -len("_kernel_time")].removesuffix("_nchwc")
             per_run.setdefault(name, []).append(ev["dur"] / 1e3)
     return {n: statistics.median(v[-runs:]) for n, v in per_run.items()}
+
+
+def profile_nodes_interleaved(
+    models: dict[str, onnx.ModelProto], threads: int, runs: int = 20
+) -> dict[str, dict[str, float]]:
+    """Per-node times of several models, run in interleaved rounds (one run of each model
+    per round), so that a change of machine speed hits every model alike.
+
+    Each node's time is the fastest of its runs, not the median: these times only
+    *apportion* a whole-network latency that the timing protocol measures (medians over
+    interleaved rounds), and on a shared machine a kernel is either preempted or not, so
+    its per-run times are bimodal and the preempted mode is the load's, not the layer's.
+    Seen here (ResNet-18, layer1 cut to 64..56 channels, load 8-11 on 2 cores): by
+    medians the same conv read 2.3 ms in one configuration and 15-20 ms in the next, by
+    lower quartiles still up to 51 ms; by the fastest run the pattern of a quiet machine
+    came back (61-63 in-channels 1.25-1.3x dearer than 60 and 64, reorders 2-3x).
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        sessions, feeds = {}, {}
+        for i, (name, model) in enumerate(models.items()):
+            opts = session_options(threads, profile_prefix=os.path.join(tmp, f"p{i}"))
+            sessions[name] = ort.InferenceSession(
+                model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+            )
+            feeds[name] = random_feeds(model)
+        for _ in range(3 + runs):  # the first 3 rounds warm up; dropped below
+            for name, session in sessions.items():
+                session.run(None, feeds[name])
+        files = {name: s.end_profiling() for name, s in sessions.items()}
+        return {name: _node_fastest(path, runs) for name, path in files.items()}
+
+
+def _node_fastest(path: str, runs: int) -> dict[str, float]:
+    with open(path, encoding="utf-8") as f:
+        events = json.load(f)
+    per_run: dict[str, list[float]] = {}
+    for ev in events:
+        if ev.get("cat") == "Node" and ev.get("name", "").endswith("_kernel_time"):
+            name = ev["name"][: -len("_kernel_time")].removesuffix("_nchwc")
+            per_run.setdefault(name, []).append(ev["dur"] / 1e3)
+    return {n: min(v[-runs:]) for n, v in per_run.items()}
 
 
 def attribute_to_layers(

@@ -119,3 +119,9 @@ class OrtCpuBackend(Backend):
         from onnx_hwprune.runtime.node_profile import profile_nodes
 
         return profile_nodes(model, self.threads)
+
+    def node_times_many(self, models: dict[str, onnx.ModelProto]) -> dict[str, dict[str, float]]:
+        """:meth:`node_times` of several models, timed in interleaved rounds."""
+        from onnx_hwprune.runtime.node_profile import profile_nodes_interleaved
+
+        return profile_nodes_interleaved(models, self.threads)

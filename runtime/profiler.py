@@ -54,6 +54,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+ContextModels = Callable[[onnx.ModelProto], dict[str, onnx.ModelProto]]
+"""``context_models(model) -> {configuration name: pruned model}`` (see build_cost_model)."""
 Progress = Callable[[int, int, int, str], None]
 """``progress(layer_index, layer_count, newly_measured, label)``: called when a layer
 signature starts (with 0 measured) and after each measured batch."""
@@ -66,8 +68,8 @@ class BudgetExceeded(Exception):
 @dataclass(frozen=True)
 class ProfileOptions:
     """How to profile: search knobs, timing protocol, exhaustive sweep, time budget, and
-    whether every group re-times the layer's full point as an anchor against drift, and
-    the drift guard's thresholds (``drift=None`` turns the guard off)."""
+    whether every group re-times the layer's full point as an anchor against drift, the
+    drift guard's thresholds (``drift=None`` turns the guard off)."""
 
     search: SearchConfig = field(default_factory=SearchConfig)
     timing: TimingConfig = field(default_factory=TimingConfig)
@@ -77,15 +79,24 @@ class ProfileOptions:
     drift: DriftConfig | None = field(default_factory=DriftConfig)
 
 
-def load_model_and_layers(source) -> tuple[onnx.ModelProto, list[Layer]]:
-    """Normalised model and its prunable layers (via the ONNX frontend)."""
+def load_model_and_layers(
+    source, *, normalized: bool = False
+) -> tuple[onnx.ModelProto, list[Layer]]:
+    """Normalised model and its prunable layers (via the ONNX frontend).
+
+    ``normalized``: ``source`` is a model the frontend already produced (the pass
+    pipeline's exported graph with static inputs, ``frontends.onnx.with_static_inputs``):
+    its layers are read as it is, without reading and normalising it a second time (the
+    normalisation is idempotent: the model hash, and so every stored calibration, is the
+    same either way).
+    """
     import onnx_graphsurgeon as gs
 
     from onnx_hwprune.frontends.onnx import normalize_model
 
-    model = normalize_model(source)
-    graph = gs.import_onnx(model)
-    return model, extract_layers(graph)
+    model = source if normalized and isinstance(source, onnx.ModelProto) else None
+    model = model if model is not None else normalize_model(source)
+    return model, extract_layers(gs.import_onnx(model))
 
 
 def model_key(model: onnx.ModelProto) -> str:
@@ -182,10 +193,11 @@ def _profile_one(layer, axes, backend, target, db, options, progress, deadline, 
             profiles.append((axis, detect_axis(fn, n_full, options.search)))
     kind = "dense" if sig.group_kind == "dense" else "tied"
     model = StaircaseModel(sig.key(), kind, fi, fo, full.median_ms, tuple(profiles), per_ch)
-    diag = None if options.exhaustive else model.diagonal_probe()
-    if diag is None:
+    probes = [] if options.exhaustive else model.off_axis_probes()
+    if not probes:
         return model
-    return model.with_blend(*diag, measure_pairs([diag])[diag].median_ms)
+    got = measure_pairs(probes)
+    return model.with_off_axis({p: got[p].median_ms for p in probes})
 
 
 def _per_ch(sig: LayerSignature) -> tuple[int, int]:
@@ -273,12 +285,18 @@ def build_cost_model(
     db: ProfileDB | None,
     options: ProfileOptions | None = None,
     progress: Progress | None = None,
+    *,
+    normalized: bool = False,
+    context_models: ContextModels | None = None,
 ) -> NetworkCostModel:
     """Profile (or reuse from ``db``) every layer of ``source`` and calibrate the network.
 
     The calibration is stored in ``db`` under the model's hash and reused next time.
+    ``normalized``: see :func:`load_model_and_layers`. ``context_models``: the pruned
+    networks to time in context where no in-context points are stored (the API passes
+    ``onnx_hwprune.context_configs.context_models``; the runtime never builds them).
     """
-    model, layers = load_model_and_layers(source)
+    model, layers = load_model_and_layers(source, normalized=normalized)
     require_layers(layers, _integer_ops_hint(model))
     models = profile_layers(layers, backend, target, db, options, progress)
     fp, mkey = backend.fingerprint_hash(), model_key(model)
@@ -288,4 +306,72 @@ def build_cost_model(
         cal = {"total_ms": total, "residual_ms": residual, "scales": scales}
         if db:
             db.put_calibration(target, fp, mkey, cal)
-    return assemble_cost_model(target, fp, layers, models, cal)
+    key = (target, fp, mkey)
+    timing = (options or ProfileOptions()).timing
+    context = in_context_corrections(
+        model, layers, models, backend, key, db, context_models, timing
+    )
+    return assemble_cost_model(target, fp, layers, models, cal, context)
+
+
+def in_context_corrections(
+    model, layers, models, backend, key, db, context_models=None, timing=None
+) -> dict:
+    """Per-layer :class:`~onnx_hwprune.cost_models.context.ContextCorrection` from the
+    in-context points stored under ``key`` = (target, fingerprint hash, model hash), timing
+    ``context_models(model)`` first where the backend has a per-node profiler and none
+    are stored."""
+    from onnx_hwprune.cost_models.context import correction_from_points
+
+    points = db.get_context(*key) if db else []
+    node_times = _node_times_many(backend)
+    if not points and node_times is not None and context_models is not None:
+        wall = _wall_times(backend, timing or TimingConfig())
+        points = _measure_context(model, layers, context_models, node_times, wall)
+        if db and points:
+            db.put_context(*key, points)
+    by_node: dict[str, list] = {}
+    for p in points:
+        by_node.setdefault(p.node, []).append(p)
+    out = {}
+    for layer in layers:
+        corr = correction_from_points(models[layer_key(layer)], layer.in_channels,
+                                      layer.out_channels, by_node.get(layer.node, []))  # fmt: skip
+        if corr is not None:
+            out[layer.node] = corr
+    return out
+
+
+def _node_times_many(backend: Backend):
+    """``{name: model} -> {name: node times}``: interleaved where the backend offers it."""
+    many = getattr(backend, "node_times_many", None)
+    one = getattr(backend, "node_times", None)
+    if many is None and one is not None:
+        return lambda models: {name: one(m) for name, m in models.items()}
+    return many
+
+
+def _wall_times(backend: Backend, timing: TimingConfig):
+    """``{name: model} -> {name: median ms}``, all timed interleaved (timing protocol)."""
+
+    def wall(models: dict) -> dict[str, float]:
+        runnables = {name: backend.prepare(m) for name, m in models.items()}
+        try:
+            got = measure({n: r.sample for n, r in runnables.items()}, timing)
+        finally:
+            for r in runnables.values():
+                r.close()
+        return {n: t.median_ms for n, t in got.items()}
+
+    return wall
+
+
+def _measure_context(model, layers, context_models, node_times, wall_times) -> list:
+    from onnx_hwprune.runtime.context_profile import measure_context
+
+    try:
+        configs = context_models(model)
+        return measure_context(model, layers, configs, node_times, wall_times)
+    except Exception as exc:  # noqa: BLE001 - the isolated staircase still prices every layer
+        logger.warning("in-context timing failed (%s): staircases stay uncorrected", exc)
+        return []

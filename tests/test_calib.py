@@ -1,4 +1,4 @@
-"""Tests for frontends/calib.py: streaming calibration data and its validation."""
+"""Tests for frontends/calib/: streaming calibration data and its validation."""
 
 from __future__ import annotations
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import onnx
 import pytest
@@ -85,7 +87,7 @@ def test_summary_reports_each_round_against_the_budget(fake_target):
     rounds = result.report["latency"]["closed_loop"]
     lines = [line for line in text.splitlines() if line.startswith("closed loop round")]
     assert len(lines) == len(rounds) >= 2
-    assert lines[0].endswith("missed") and lines[-1].endswith("met")
+    assert lines[0].endswith("missed") and ", met" in lines[-1]
     measured = result.report["latency"]["measured"]
     assert measured["pruned"]["median_ms"] == rounds[-1]["measured_ms"]
 
@@ -138,3 +140,43 @@ def test_unreachable_budget_keeps_the_measured_plan(fake_target):
     (only,) = result.report["latency"]["closed_loop"]
     assert only["miss"] > 0.03 and "cannot reach the budget" in only["note"]
     assert result.report["latency"]["measured"]["pruned"]["median_ms"] == only["measured_ms"]
+
+
+def test_loop_prunes_less_after_an_undershoot(fake_target):
+    """A network that runs faster than its layers' sum once pruned (a negative overhead:
+    here 4 ms saved that no layer benchmark sees) makes the first plan land far under the
+    budget, i.e. remove more than the budget needed. The loop refits and prunes less."""
+    result = prune(tiny_cnn(16), fake_target(OverheadMachine(overhead_ms=-4.0)))
+    rounds = result.report["latency"]["closed_loop"]
+    assert rounds[0]["miss"] < -0.10
+    (kept,) = [r for r in rounds if r.get("kept")]
+    assert kept["miss"] <= 0.03 and kept["measured_ms"] > rounds[0]["measured_ms"]  # less
+    # the refit line is exact here (4 ms saved is a negative residual, kept by corrected)
+    assert kept["predicted_ms"] == pytest.approx(kept["measured_ms"])
+    assert result.report["latency"]["measured"]["pruned"]["median_ms"] == kept["measured_ms"]
+
+
+class QdqCounting(OverheadMachine):
+    """Records whether each whole network it times is in int8 (QDQ) form."""
+
+    def __init__(self):
+        super().__init__(overhead_ms=0.0)
+        self.network_forms: list[bool] = []
+
+    def prepare(self, model: onnx.ModelProto) -> Runnable:
+        if model.graph.name != "layer":
+            self.network_forms.append(any(n.op_type == "QuantizeLinear" for n in model.graph.node))
+        return super().prepare(model)
+
+
+def test_int8_plans_are_judged_in_int8_form(fake_target, tmp_path):
+    """With --quantize int8 the plan is priced on int8 kernels; the loop must time the
+    models as int8 too (timed as float, an int8 plan was judged against float speed)."""
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.random.default_rng(0).standard_normal((8, 3, 16, 16)).astype("float32"))
+    machine = QdqCounting()
+    opts = replace(fake_target(machine), quantize="int8", calib=str(calib), recover="none")
+    result = prune(tiny_cnn(16), opts)
+    assert result.report["latency"]["closed_loop"]
+    loop_timings = machine.network_forms[-2:]  # the loop's original and pruned
+    assert loop_timings == [True, True]

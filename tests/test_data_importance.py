@@ -18,9 +18,9 @@ from onnx_hwprune.passes.analysis.data_importance import (
     observed_members,
     required_statistics,
 )
+from onnx_hwprune.recovery import data_importance
 from onnx_hwprune.runtime.activations import with_extra_outputs
 from onnx_hwprune.runtime.calib_stats import REDUCERS
-from onnx_hwprune.runtime.recovery import data_importance
 from onnx_hwprune.testing.families import FAMILIES
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

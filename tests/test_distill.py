@@ -11,8 +11,8 @@ from test_recover import _data, _prune, _two_layer
 
 from onnx_hwprune.errors import UserError
 from onnx_hwprune.frontends.calib import calib_factory
+from onnx_hwprune.recovery import recover
 from onnx_hwprune.runtime.recover_auto import choose_recovery, fidelity, split_factory
-from onnx_hwprune.runtime.recovery import recover
 
 torch = pytest.importorskip("torch", reason="distillation needs the torch extra")
 

@@ -216,3 +216,21 @@ def test_consecutive_groups_share_one_check(tmp_path, monkeypatch):
         build_cost_model(_model(), FakeMachine(), "cpu", db, FAST)
     assert calls["group"] > 3
     assert calls["group"] < calls["check"] < 2 * calls["group"]
+
+
+def test_one_lucky_fast_reading_does_not_make_every_group_drifted():
+    """Under steady load the baseline is the readings' lower quartile, not the fastest
+    one: a group at the usual speed is clean, one well above it is "slow" (flagged, not
+    redone), and one whose speed changed during the group "moved" (redone)."""
+    from onnx_hwprune.runtime.drift import DriftGuard
+    from onnx_hwprune.runtime.timing import Timing
+
+    guard = DriftGuard(FakeMachine())
+    guard.readings = [1.0] + [2.0] * 8  # one lucky reading on a loaded machine
+
+    def at(ms: float) -> dict:
+        return {"reference": Timing(ms, 0.0)}
+
+    assert guard.drifted(at(2.0), at(2.05)) is None
+    assert guard.drifted(at(3.0), at(3.0)) == "slow"
+    assert guard.drifted(at(2.0), at(3.0)) == "moved"

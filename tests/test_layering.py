@@ -3,6 +3,8 @@
 ``frontends/``, ``passes/`` and ``cost_models/`` sit below ``runtime/`` and the API: they
 must not import them. Only ``frontends/`` and ``runtime/`` talk to onnx, onnxruntime and
 TVM; ``passes/`` work on the onnx-graphsurgeon IR and ``cost_models/`` on plain numbers.
+``runtime/`` sits at the edge: it may import the lower layers' frontends and cost models,
+never ``passes/`` nor the API.
 Imports inside functions count: a lazy import is still a dependency.
 """
 
@@ -19,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # onnx_hwprune/ modules the lower layers may import: the version and the error types.
 _API_MODULES = ("api", "cli", "cli_commands", "options", "report", "_latency", "_data")
+_API_MODULES += ("recovery", "_recover_methods")  # passes composed with the runtime
+_API_MODULES += ("context_configs",)  # the pruned networks the runtime times in context
 _API = tuple(f"onnx_hwprune.{m}" for m in _API_MODULES)
 _RUNTIME = ("onnx_hwprune.runtime",)
 _ONNX = ("onnx", "onnxruntime", "tvm")
@@ -27,6 +31,9 @@ RULES: dict[str, tuple[str, ...]] = {
     "frontends": _RUNTIME + _API,
     "passes": _RUNTIME + _API + _ONNX,
     "cost_models": _RUNTIME + _API + _ONNX + ("onnx_hwprune.frontends", "onnx_hwprune.passes"),
+    # The edge runs models and hands tensors to passes through the PassContext; it never
+    # calls into them (recovery is a pass, composed with the runtime by the API).
+    "runtime": _API + ("onnx_hwprune.passes",),
 }
 
 

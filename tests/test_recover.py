@@ -26,8 +26,8 @@ from onnx_hwprune.passes.transform.recover import (
     refreshed_batchnorm,
 )
 from onnx_hwprune.passes.transform.remove_channels import remove_channels
+from onnx_hwprune.recovery import recover
 from onnx_hwprune.runtime.evaluate import evaluate
-from onnx_hwprune.runtime.recovery import recover
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 C_IN, C_MID, HW = 3, 8, 6
@@ -210,7 +210,7 @@ def digits():
 
 
 def _check_recovery_at_half_flops(digits, criterion: str) -> None:
-    from onnx_hwprune.runtime.recovery import data_importance
+    from onnx_hwprune.recovery import data_importance
 
     model, graph, groups, factory, test, base = digits
     if criterion in ("l1", "l2", "bn"):
@@ -251,7 +251,7 @@ def _bad_sources(tmp_path: Path) -> dict[str, object]:
 
 
 def test_bad_calibration_data_raises_user_error(tmp_path, digits):
-    from onnx_hwprune.runtime.recovery import data_importance
+    from onnx_hwprune.recovery import data_importance
 
     model, _, groups, _, _, _ = digits
     for name, source in _bad_sources(tmp_path).items():

@@ -10,13 +10,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnx_hwprune.frontends.calib import calib_factory
 from onnx_hwprune.frontends.onnx import export_model, load_graph, normalize_model, verify_model
+from onnx_hwprune.frontends.onnx._pads import explicit_pads
 from onnx_hwprune.passes.analysis.channel_groups import analyze_channel_groups
 from onnx_hwprune.passes.plan.plan import GroupPlan, Plan
-from onnx_hwprune.passes.transform._pads import explicit_pads
 from onnx_hwprune.passes.transform._refit_grouped import BlockEquations, solve_blocks
 from onnx_hwprune.passes.transform.recover import LinearLayer, output_rows, patch_rows
 from onnx_hwprune.passes.transform.remove_channels import remove_channels
-from onnx_hwprune.runtime.recovery import recover
+from onnx_hwprune.recovery import recover
 
 HW = 9  # odd, so SAME pads are asymmetric
 

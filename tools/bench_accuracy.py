@@ -32,8 +32,8 @@ from onnx_hwprune.passes.analysis.importance import CRITERIA, channel_importance
 from onnx_hwprune.passes.analysis.stats import model_stats
 from onnx_hwprune.passes.plan.baselines import uniform_plan
 from onnx_hwprune.passes.transform.remove_channels import remove_channels
+from onnx_hwprune.recovery import data_importance, recover
 from onnx_hwprune.runtime.evaluate import evaluate
-from onnx_hwprune.runtime.recovery import data_importance, recover
 
 __all__ = ["main", "ratio_for_reduction"]
 

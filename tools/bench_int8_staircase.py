@@ -7,13 +7,15 @@ conv at 112x112 input scaled down). The float points run onnxruntime's float ker
 points of both dtypes are timed in one interleaved run (shared protocol, median of
 rounds), so load changes hit both alike.
 
-Usage: python tools/bench_int8_staircase.py [--in-ch 64] [--out 33:97] [--threads 1]
+Usage: python tools/bench_int8_staircase.py [--in-ch 64] [--out 33:97] [--step 4]
+       [--threads 1] [--repeats 3]
 Prints a markdown table (ms) and the ratio int8/float per point.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 
 from onnx_hwprune.cost_models.signature import LayerSignature
@@ -43,6 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step", type=int, default=4)
     parser.add_argument("--hw", type=int, default=28)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="whole interleaved runs; the table gives the median of their medians",
+    )
     args = parser.parse_args(argv)
     lo, hi = (int(v) for v in args.out.split(":"))
     backend = get_target("cpu").make_backend(threads=args.threads)
@@ -52,18 +60,30 @@ def main(argv: list[str] | None = None) -> int:
         for c in outs
         for dtype in ("float32", "int8")
     }
+    runs = []
     try:
-        timings = measure({k: r.sample for k, r in runnables.items()}, TimingConfig(rounds=7))
+        for seed in range(args.repeats):  # another shuffle order each run
+            config = TimingConfig(rounds=7, seed=seed)
+            runs.append(measure({k: r.sample for k, r in runnables.items()}, config))
     finally:
         for r in runnables.values():
             r.close()
     print(f"in={args.in_ch}, 3x3 conv + bias + Relu at {args.hw}x{args.hw}, cpu, "
-          f"{args.threads} thread(s), median ms")  # fmt: skip
-    print("| out | float32 ms | int8 ms | int8/float |\n|---|---|---|---|")
+          f"{args.threads} thread(s), median of {args.repeats} interleaved runs, ms "
+          "(spread: the largest IQR/median of a run)")  # fmt: skip
+    print("| out | float32 ms | spread | int8 ms | spread | int8/float |")
+    print("|---|---|---|---|---|---|")
     for c in outs:
-        f, q = timings[("float32", c)].median_ms, timings[("int8", c)].median_ms
-        print(f"| {c} | {f:.4f} | {q:.4f} | {q / f:.2f} |")
+        f, fs = _summary(runs, ("float32", c))
+        q, qs = _summary(runs, ("int8", c))
+        print(f"| {c} | {f:.4f} | {fs:.0%} | {q:.4f} | {qs:.0%} | {q / f:.2f} |")
     return 0
+
+
+def _summary(runs: list[dict], key) -> tuple[float, float]:
+    """Median over runs of a candidate's median, and its worst spread in any run."""
+    return (statistics.median(r[key].median_ms for r in runs),
+            max(r[key].spread for r in runs))  # fmt: skip
 
 
 if __name__ == "__main__":

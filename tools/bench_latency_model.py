@@ -11,7 +11,9 @@ For each target and network (ResNet-50, MobileNetV2, VGG-16 at 224x224 by defaul
    are measured and compared with the model (MAPE).
 3. *Whole network*: the cost model (calibrated on the unpruned network) predicts pruned
    variants (channels inside residual blocks / expansions / chains cut to random
-   fractions, aligned and unaligned); every variant is measured (interleaved) and compared.
+   fractions, aligned and unaligned); every variant is measured (interleaved) and compared,
+   without and with the in-context correction (whole pruned networks timed per node at
+   their own configurations, ``runtime/context_profile.py``; the variants stay held out).
 
 Writes ``results_<target>.json`` into ``--out`` and prints a markdown table.
 
@@ -29,12 +31,14 @@ import logging
 import random
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from onnx_hwprune.context_configs import context_models
 from onnx_hwprune.cost_models.network import LayerEntry, NetworkCostModel, prediction_report
 from onnx_hwprune.cost_models.profile_db import ProfileDB
 from onnx_hwprune.cost_models.signature import extract_layers
@@ -43,6 +47,8 @@ from onnx_hwprune.runtime.microbench import measure_points
 from onnx_hwprune.runtime.profiler import (
     ProfileOptions,
     calibrate,
+    in_context_corrections,
+    model_key,
     profile_layers,
 )
 from onnx_hwprune.runtime.targets import get_target
@@ -78,7 +84,8 @@ def _parse(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--targets", default="cpu,tvm-llvm")
-    p.add_argument("--networks", default="resnet50,mobilenet_v2,vgg16")
+    p.add_argument("--networks", default="resnet50,mobilenet_v2,vgg16",
+                   help="built-in names, or model files as PATH:input=1x3xHxW")  # fmt: skip
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--tvm-image-size", type=int, default=224)
     p.add_argument("--threads", type=int, default=1)
@@ -99,7 +106,7 @@ def _parse(argv):
 def bench_network(net, size, target, backend, db, args) -> dict:
     """All three measures for one network on one target."""
     t0 = time.monotonic()
-    model = normalize_model(NETWORKS[net](seed=0, image_size=size))
+    model = _load(net, size)
     layers = extract_layers(gs.import_onnx(model))
     families = _families(layers, args.max_families)
     options = ProfileOptions()
@@ -118,9 +125,18 @@ def bench_network(net, size, target, backend, db, args) -> dict:
               "profile_seconds": profile_s, "points_measured": len(counted),
               "family_rows": fam_rows, **_summarise(fam_rows)}  # fmt: skip
     if not args.no_network and not args.max_families:
-        result["network"] = _bench_whole(model, layers, models, backend, target, args, rng)
+        result["network"] = _bench_whole(model, layers, models, backend, target, args, rng, db)
     result["seconds"] = time.monotonic() - t0
     return result
+
+
+def _load(net: str, size: int) -> onnx.ModelProto:
+    """A network built in code, or ``PATH:input=1x3x48x192`` (a file at a static shape)."""
+    if net in NETWORKS:
+        return normalize_model(NETWORKS[net](seed=0, image_size=size))
+    path, _, shape = net.partition(":")
+    name, _, dims = shape.partition("=")
+    return normalize_model(path, {name: [int(d) for d in dims.split("x")]} if dims else None)
 
 
 def _families(layers, limit):
@@ -134,8 +150,7 @@ def _family_row(layer, model, backend, target, args, rng) -> dict:
     """Exhaustive-sweep size and held-out errors of one family."""
     sig = layer.signature
     measured = {(name, c) for name, prof in model.axes for c, _, _ in prof.points}
-    if model.diagonal_probe() is not None:
-        measured.add(("diag", 0))  # the off-axis point that fits the blend
+    measured |= {("2d", (i, o)) for i, o, _ in model.off_axis}  # the off-axis grid
     pairs, preds = [], []
     full_axis, range_axis = 0, 0
     for name, prof in model.axes:
@@ -199,7 +214,7 @@ def _summarise(rows) -> dict:
 # -- whole network ---------------------------------------------------------------------
 
 
-def _bench_whole(model, layers, models, backend, target, args, rng) -> dict:
+def _bench_whole(model, layers, models, backend, target, args, rng, db) -> dict:
     key = {layer.node: (layer.signature.key(), layer.in_channels, layer.out_channels)
            for layer in layers}  # fmt: skip
     variants = _variants(model, args.variants, rng)
@@ -222,11 +237,24 @@ def _bench_whole(model, layers, models, backend, target, args, rng) -> dict:
     pruned = {n: ch for n, (_, ch) in variants.items() if n != "full"}
     cases = [(n, cost.predict(ch), timings[n].median_ms) for n, ch in pruned.items()]
     raw_cases = [(n, raw.predict(ch), timings[n].median_ms) for n, ch in pruned.items()]
+    # In-context points come from their own configurations (runtime/context_profile.py),
+    # not from these variants: the variants stay held out.
+    t0 = time.monotonic()
+    key = (target, backend.fingerprint_hash(), model_key(model))
+    context = in_context_corrections(model, layers, models, backend, key, db, context_models)
+    ctx_entries = tuple(replace(e, context=context.get(e.node)) for e in entries)
+    ctx_cost = replace(cost, layers=ctx_entries)
+    ctx_cases = [(n, ctx_cost.predict(ch), timings[n].median_ms) for n, ch in pruned.items()]
     return {
         "measured_full_ms": total,
         "residual_ms": residual,
         "calibrated": prediction_report(cases),
         "uncalibrated": prediction_report(raw_cases),
+        "in_context": prediction_report(ctx_cases),
+        "in_context_seconds": time.monotonic() - t0,
+        "variants": {
+            n: {"channels": {k: list(v) for k, v in ch.items()}} for n, ch in pruned.items()
+        },
     }
 
 
@@ -244,6 +272,7 @@ def _variants(model, count, rng) -> dict:
             k = max(1, int(n * rng.uniform(0.4, 0.95)))
             if style == "aligned16" or (style == "mixed" and rng.random() < 0.5):
                 k = max(16, k - k % 16)
+            k = min(k, n)  # a chain narrower than 16 stays whole: never record k > n
             keeps[chain[0].name] = k
         out[f"{style}{v}"] = _prune(model, keeps)
     return out
@@ -338,12 +367,15 @@ def markdown(results: dict) -> str:
     fp = results["fingerprint"]
     lines = [f"### target `{results['target']}`: {fp.get('cpu')}, {fp.get('threads')} thread(s)",
              "", "| network | families | points measured | vs full sweep | vs range sweep | "
-             "held-out MAPE (axis) | MAPE (2-D) | network MAPE (calibrated / raw) | profile time |",
-             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "held-out MAPE (axis) | MAPE (2-D) | network MAPE (calibrated / raw) | "
+             "network MAPE / max (in-context) | profile time |",
+             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for net, r in results["networks"].items():
         nw = r.get("network")
         nwtxt = (f"{nw['calibrated']['mape']:.1%} / {nw['uncalibrated']['mape']:.1%}"
                  if nw else "n/a")  # fmt: skip
+        ic = nw.get("in_context") if nw else None
+        nwtxt += f" | {ic['mape']:.1%} / {ic['max_abs_error']:.1%}" if ic else " | n/a"
         lines.append(
             f"| {net} @{r['image_size']} | {r['families']} | {r['points_distinct']} | "
             f"{r['fraction_of_full_sweep']:.1%} | {r['fraction_of_range_sweep']:.1%} | "

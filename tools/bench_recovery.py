@@ -35,9 +35,9 @@ from onnx_hwprune.passes.analysis.importance import channel_importance
 from onnx_hwprune.passes.analysis.stats import model_stats
 from onnx_hwprune.passes.plan.baselines import uniform_plan
 from onnx_hwprune.passes.transform.remove_channels import remove_channels
+from onnx_hwprune.recovery import recover
 from onnx_hwprune.runtime.distill import distill
 from onnx_hwprune.runtime.evaluate import evaluate
-from onnx_hwprune.runtime.recovery import recover
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 32

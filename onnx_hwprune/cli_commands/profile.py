@@ -209,7 +209,10 @@ def _profile(db, args: argparse.Namespace) -> int:
             target = get_target(args.target)
             extra = {"tune_trials": args.tune_trials} if args.tune_trials else {}
             backend = target.make_backend(threads=args.threads, **extra)
-            cost = build_cost_model(source, backend, args.target, db, options, bar.update)
+            from onnx_hwprune.context_configs import context_models
+
+            cost = build_cost_model(source, backend, args.target, db, options, bar.update,
+                                    context_models=context_models)  # fmt: skip
             source_text = target.source
     except BudgetExceeded as exc:
         bar.finish()
@@ -278,6 +281,9 @@ def _print_summary(cost, source: str, bar: ProgressBar) -> None:
         f"whole model measured {cost.measured_full_ms:.3f} ms; "
         f"residual (non-pruned ops) {cost.residual_ms:.3f} ms"
     )
+    corrected = [e for e in cost.layers if e.context is not None]
+    worst = f" (largest measured factor x{_worst(corrected):.2f})" if corrected else ""
+    print(f"in-context points correct {len(corrected)} of {len(cost.layers)} layers{worst}")
     seen = set()
     for e in cost.layers:
         key = (e.model.signature_key, e.in_channels, e.out_channels)
@@ -289,6 +295,11 @@ def _print_summary(cost, source: str, bar: ProgressBar) -> None:
             f"  {e.node:40s} {e.in_channels:5d}->{e.out_channels:<5d} "
             f"{e.model.full_ms:8.3f} ms x{e.scale:.2f} edges {edges}"
         )
+
+
+def _worst(entries) -> float:
+    """The largest in-context penalty any layer measured (relative to full counts)."""
+    return max(r for e in entries for _, _, r in e.context.points)
 
 
 def _print_quality(db, cost) -> None:

@@ -51,12 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         DEFAULT_RATIO,
         DEFAULT_TARGET,
         LATENCY_PLANNERS,
+        SENSITIVITY_CHOICES,
     )
     from onnx_hwprune.passes.analysis.data_importance import DATA_CRITERIA
     from onnx_hwprune.passes.analysis.importance import CRITERIA
     from onnx_hwprune.passes.plan.methods import METHODS, choosable_methods
+    from onnx_hwprune.passes.transform.recover import RECOVERY_METHODS
     from onnx_hwprune.runtime.quantize import QUANTIZE_SCHEMES
-    from onnx_hwprune.runtime.recovery import RECOVERY_METHODS
     from onnx_hwprune.runtime.targets import target_names
 
     parser.add_argument("input", metavar="IN", help="ONNX model to prune (never modified)")
@@ -97,6 +98,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=sorted([*CRITERIA, *DATA_CRITERIA]),
         default="l1",
         help="channel importance; mean_abs, apoz and reconstruction need --calib",
+    )
+    how.add_argument(
+        "--sensitivity",
+        choices=SENSITIVITY_CHOICES,
+        default="auto",
+        help="latency planning minimises the measured refit error per group and count "
+        "instead of importance sums (auto: on with --calib)",
     )
     how.add_argument(
         "--snap",
@@ -296,6 +304,7 @@ def _options(args: argparse.Namespace):
         fix_input_shape=args.fix_input_shape,
         guard=args.guard,
         bias_compensation=args.bias_compensation,
+        sensitivity=args.sensitivity,
     )
 
 

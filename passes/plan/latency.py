@@ -93,6 +93,7 @@ class LatencyPlanner:
         tolerance: float = 0.01,
         channel_multiple: int = 1,
         max_group_ratio: float = 0.75,
+        level_costs: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         self.cost, self.tolerance, self.multiple = cost, tolerance, max(1, channel_multiple)
         self.map = ChannelMap(graph, groups, layer_nodes)
@@ -106,6 +107,10 @@ class LatencyPlanner:
         self.order = {n: np.lexsort((np.arange(g.size), scores[n])) for n, g in self.groups.items()}
         scale = _global_mean(scores, self.groups)
         self.loss = {n: _normalised_prefix(scores[n], self.order[n], scale) for n in self.groups}
+        # Measured sensitivity (``loss[r]`` for r removed, in the same channel order)
+        # replaces the importance sums where it was measured.
+        self.loss.update({n: np.asarray(c, np.float64) for n, c in (level_costs or {}).items()
+                          if n in self.groups and len(c) == self.groups[n].size + 1})  # fmt: skip
         self._edges_at_full: dict[str, list[int]] = {}  # memo of stair_edges(name)
 
     # -- the cost of counts -------------------------------------------------------------
@@ -265,7 +270,8 @@ def _planner(mod: Module, ctx: PassContext) -> LatencyPlanner:
     nodes = [entry.node for entry in cost.layers]
     keys = ("min_channels", "stair_tolerance", "channel_multiple", "max_group_ratio")
     settings = [ctx.get(f"plan.{k}") for k in keys]
-    return LatencyPlanner(mod.graph, mod.groups, mod.scores, cost, nodes, *settings)
+    costs = mod.sensitivity.costs if mod.sensitivity is not None else None
+    return LatencyPlanner(mod.graph, mod.groups, mod.scores, cost, nodes, *settings, costs)
 
 
 class LatencyPlannerPass(Pass):

@@ -77,6 +77,12 @@ class Method:
     def needs_scores(self) -> bool:
         return self.drive != "plan"
 
+    @property
+    def reads_sensitivity(self) -> bool:
+        """Its planner minimises ``Module.sensitivity`` (measured with ``--calib``) when
+        present: the budget planners, which choose how many channels each group keeps."""
+        return self.drive == "budget"
+
 
 class UsePlan(Pass):
     """Put a given plan (loaded from JSON, made elsewhere) into the module, validated."""

@@ -1,12 +1,12 @@
 """Least-squares refit of any consumer layer, grouped and depthwise convs included.
 
-Numpy only, like ``recover.py`` whose :class:`LinearLayer` it reads. A Conv with ``group=g``
+Numpy only, like ``_lsq.py`` whose :class:`LinearLayer` it reads. A Conv with ``group=g``
 is ``g`` independent linear maps: output channel ``o`` (in group ``o // (Cout/g)``) reads
 only the ``Cin/g`` input channels of its group. Its refit is therefore ``g`` small ridge
 problems, one per group that keeps outputs (a :class:`Block`): the columns are the patch
 columns of that group's kept input channels, the targets its kept output channels. A plain
 layer (``group=1``, Gemm, MatMul) is the one-block case and gives exactly the equations of
-:func:`recover.solve_lsq`; a depthwise conv is one block per kept channel (``k*k`` weights
+:func:`_lsq.solve_lsq`; a depthwise conv is one block per kept channel (``k*k`` weights
 and a bias each), so its memory is ``O(C·k⁴)``, not ``O((C·k²)²)``.
 
 Convention for grouped layers: ``LinearLayer.in_keep`` holds *full* input channel indices
@@ -15,8 +15,9 @@ of the layer's input tensor (for ``group=1`` these equal the weight's axis-1 pos
 holds the kept channels in that order, so pruned channel ``p`` is original ``in_keep[p]``.
 
 ``auto_pad`` (``SAME_UPPER``, ``SAME_LOWER``, ``VALID``) is resolved per input size by
-:func:`_pads.explicit_pads`, the ONNX rule: total pad ``max(0, (ceil(H/s)-1)·s + (k-1)·d + 1 - H)``,
-the odd pixel at the end for ``SAME_UPPER`` and at the start for ``SAME_LOWER``.
+:func:`frontends.onnx._pads.explicit_pads`, the ONNX rule: total pad
+``max(0, (ceil(H/s)-1)·s + (k-1)·d + 1 - H)``, the odd pixel at the end for ``SAME_UPPER``
+and at the start for ``SAME_LOWER``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnx_hwprune.passes.transform.recover import LinearLayer, NormalEquations, solve_lsq
+from onnx_hwprune.passes.transform._lsq import LinearLayer, NormalEquations, solve_lsq
 
 __all__ = [
     "Block",

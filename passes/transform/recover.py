@@ -1,51 +1,76 @@
-"""Recovery without training: least-squares refit, bias compensation, BatchNorm refresh.
+"""Recovery without training, as a pass on the IR: refit, bias compensation, BatchNorm.
 
-Numpy only: the statistics come in as arrays (collected by ``runtime/calib_stats.py``) and
-the new parameters go out as arrays (written into the model by ``runtime/recovery.py``).
+::
 
-A consumer layer (Conv, Gemm, MatMul) is seen as a linear map from *patch rows* to
-*output rows*: for a Conv, one row per (sample, output position) holding the
-``C_in * kh * kw`` input values under the kernel (im2col, zero padding included); for a
-dense layer, one row per sample. Its weight is normalised to ``[out, in, *kernel]`` (Gemm
-``alpha`` and transposes folded in), its bias to ``[out]``.
+    planned = Sequential([ChannelGroupAnalysis(), ChannelImportance("l1"), ...])(Module(g))
+    pruned = RemoveChannels()(planned)
+    ctx = PassContext(tensors=provider, seed=0)       # the runtime runs the models
+    repaired = RecoverPass(planned, "lsq")(pruned, ctx)
 
-Rules:
+The pass is configured with the *reference*: the original graph with its channel groups
+and plan (``RemoveChannels``' input). It rewrites a copy of the pruned graph (its input
+module); neither graph is modified. Methods (:data:`RECOVERY_METHODS`):
 
-- **LSQ** (:func:`solve_lsq`): with ``A`` the pruned model's patch rows of the *kept* input
-  channels plus a column of ones, and ``T`` the original model's output rows of the kept
-  output channels, solve the ridge normal equations
-  ``(AᵀA + λD) Θ = AᵀT + λD Θ0``. ``Θ0`` holds the original weights (kept rows and
-  columns) and bias; ``D`` is the identity on weight coordinates and 0 on the intercept,
-  so the ridge pulls towards the original weights, never towards zero, and leaves the
-  bias free. ``λ = ridge * mean(diag(AᵀA))`` makes ``ridge`` scale-free. Consequence:
-  when an exact fit exists (removed channels constant or linear combinations of kept
-  ones on the data, and no border effects), it is the unique minimiser for any ridge.
-- **Bias compensation** (:func:`compensated_bias`): ``b' = b + W[:, removed] · m[removed]``
-  with ``m`` the mean of each patch column of the *original* input (per input channel and
-  kernel offset, over samples and output positions, padding zeros included). This is the
-  best constant for fixed kept weights in the mean-squared sense. It is exact when the
-  removed channels are constant on the data and every patch sees them unpadded: Gemm,
-  MatMul, 1x1 convs without padding, and kxk convs with ``pads == 0``. For padded kxk
-  convs the border positions see zeros, so the constant is exact in the interior only.
-- **BatchNorm refresh** (:func:`refreshed_batchnorm`): for a BatchNormalization after a
-  changed layer, new running mean/var so that, on the calibration data, each channel's
-  normalised output has the same mean and variance as in the original model.
+- ``lsq``: every consumer layer of a pruned group (a Conv/Gemm/MatMul that lost input
+  channels, or a grouped/depthwise conv that lost channels; group by group) is refitted,
+  in topological order, by ridge least squares from the *pruned* graph's input of the
+  layer (as repaired so far) to the *original* graph's output of it (``_lsq.py``,
+  ``_refit_grouped.py``); the intercept of the fit is the bias compensation. One pass
+  over the data per consumer, so later layers also correct the errors left by earlier
+  ones. At most ``max_rows`` patch rows per batch, subsampled with ``PassContext.seed``.
+- ``bias``: bias compensation only, from one pass of the original graph.
 
-Grouped and depthwise convs (``group > 1``) are refitted group by group
-(``_refit_grouped.py``); ``auto_pad`` is resolved per input size (``_pads.py``). Convs
-must be 2-D.
+Both then refresh every BatchNormalization that is the only reader of a changed layer's
+output (one pass each, in order), so its output keeps the original's moments.
+
+Precondition: ``PassContext.tensors`` is set. Passes never run models: the provider
+(``runtime.calib_stats.tensor_stream_provider``) runs each requested graph on the same
+calibration batch and yields the named tensors batch by batch; only running sums are
+kept here, so memory does not grow with the number of samples.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import onnx_graphsurgeon as gs
 
-from onnx_hwprune.passes.transform._pads import explicit_pads
+from onnx_hwprune.errors import UserError
+from onnx_hwprune.frontends.onnx import export_model
+from onnx_hwprune.passes._infra import Module, Pass, PassContext, PassError
+from onnx_hwprune.passes.transform._lsq import (
+    LinearLayer,
+    NormalEquations,
+    compensated_bias,
+    layer_is_refittable,
+    output_rows,
+    patch_column_sums,
+    patch_rows,
+    refreshed_batchnorm,
+    row_count,
+    solve_lsq,
+)
+from onnx_hwprune.passes.transform._recover_ir import (
+    Consumer,
+    consumer_layers,
+    following_batchnorm,
+    set_values,
+    write_bias,
+    write_weight,
+)
+from onnx_hwprune.passes.transform._refit_grouped import (
+    BlockEquations,
+    grouped_compensated_bias,
+    solve_blocks,
+)
+from onnx_hwprune.passes.transform.remove_channels import kept_positions
 
 __all__ = [
+    "RECOVERY_METHODS",
+    "RecoverPass",
+    # the numpy maths (``_lsq.py``), for tests and tools
     "LinearLayer",
     "NormalEquations",
     "compensated_bias",
@@ -58,202 +83,133 @@ __all__ = [
     "solve_lsq",
 ]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
+
+RECOVERY_METHODS: dict[str, str] = {
+    "lsq": "refit consumer layers by ridge least squares + bias, then refresh BatchNorm",
+    "bias": "bias compensation of removed channels only, then refresh BatchNorm",
+}
 
 
-@dataclass(frozen=True)
-class LinearLayer:
-    """A consumer layer, normalised (see module docstring).
-
-    Attributes:
-        op: ``Conv``, ``Gemm`` or ``MatMul``.
-        weight: original weight, ``[out, in, *kernel]`` (dense layers: ``[out, in]``).
-        bias: original bias ``[out]`` (zeros when the layer has none).
-        in_keep: original input positions the pruned layer keeps (sorted).
-        out_keep: original output positions the pruned layer keeps (sorted).
-        pads: Conv begin/end pads ``(top, left, bottom, right)``; strides, dilations.
-        group: Conv ``group`` attribute.
-    """
-
-    op: str
-    weight: np.ndarray
-    bias: np.ndarray
-    in_keep: np.ndarray
-    out_keep: np.ndarray
-    pads: tuple[int, ...] = (0, 0, 0, 0)
-    strides: tuple[int, ...] = (1, 1)
-    dilations: tuple[int, ...] = (1, 1)
-    group: int = 1
-    auto_pad: str = "NOTSET"  # resolved against each input's size (see _pads.py)
-
-    @property
-    def is_conv(self) -> bool:
-        return self.op == "Conv"
-
-    @property
-    def kernel_size(self) -> int:
-        return int(np.prod(self.weight.shape[2:], dtype=np.int64))
-
-    def kept_columns(self) -> np.ndarray:
-        """Patch columns (``in * kernel`` flattened, C order) of the kept input channels."""
-        k = self.kernel_size
-        return (self.in_keep[:, None] * k + np.arange(k)[None, :]).reshape(-1)
-
-    def removed_columns(self) -> np.ndarray:
-        mask = np.ones(self.weight.shape[1] * self.kernel_size, dtype=bool)
-        mask[self.kept_columns()] = False
-        return np.nonzero(mask)[0]
-
-    def flat_weight(self) -> np.ndarray:
-        """``[out, in * kernel]`` in float64."""
-        return self.weight.reshape(self.weight.shape[0], -1).astype(np.float64)
-
-
-def layer_is_refittable(layer: LinearLayer) -> bool:
-    """2-D convs (grouped and depthwise ones per group, ``_refit_grouped.py``) and dense
-    layers."""
-    if layer.is_conv:
-        return layer.weight.ndim == 4
-    return layer.weight.ndim == 2
-
-
-def _windows(layer: LinearLayer, x: np.ndarray) -> np.ndarray:
-    """A strided view ``[N, C, Ho, Wo, kh, kw]`` of the zero-padded input (no copy of x's
-    windows is made until rows are picked)."""
-    kh, kw = layer.weight.shape[2:]
-    auto = explicit_pads(layer.auto_pad, x.shape[2:], (kh, kw), layer.strides, layer.dilations)
-    top, left, bottom, right = auto or layer.pads
-    padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
-    dh, dw = layer.dilations
-    span = ((kh - 1) * dh + 1, (kw - 1) * dw + 1)
-    view = np.lib.stride_tricks.sliding_window_view(padded, span, axis=(2, 3))
-    sh, sw = layer.strides
-    return view[:, :, ::sh, ::sw, ::dh, ::dw]
-
-
-def patch_rows(layer: LinearLayer, x: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-    """Patch rows of input ``x`` (float64), optionally only the row indices ``rows``.
-
-    Conv rows are ordered (sample, out y, out x); dense rows are the input reshaped to
-    ``[-1, in]`` (MatMul over batched inputs treats every leading index as a sample).
-    """
-    if not layer.is_conv:
-        flat = x.reshape(-1, x.shape[-1])
-        return (flat if rows is None else flat[rows]).astype(np.float64)
-    view = _windows(layer, x)
-    n, c, ho, wo = view.shape[:4]
-    if rows is None:
-        rows = np.arange(n * ho * wo)
-    i, rem = np.divmod(rows, ho * wo)
-    yy, xx = np.divmod(rem, wo)
-    return view[i, :, yy, xx].reshape(len(rows), -1).astype(np.float64)
-
-
-def row_count(layer: LinearLayer, x: np.ndarray) -> int:
-    if not layer.is_conv:
-        return int(np.prod(x.shape[:-1], dtype=np.int64))
-    view = _windows(layer, x)
-    return int(np.prod(view.shape[:1] + view.shape[2:4], dtype=np.int64))
-
-
-def output_rows(layer: LinearLayer, y: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-    """Output rows ``[P, out]`` (float64) in the same row order as :func:`patch_rows`."""
-    flat = (
-        np.moveaxis(y, 1, -1).reshape(-1, y.shape[1])
-        if layer.is_conv
-        else y.reshape(-1, y.shape[-1])
-    )
-    return (flat if rows is None else flat[rows]).astype(np.float64)
-
-
-def patch_column_sums(layer: LinearLayer, x: np.ndarray) -> tuple[np.ndarray, int]:
-    """Sum of every patch column over all rows, and the row count (for exact means)."""
-    if not layer.is_conv:
-        return x.reshape(-1, x.shape[-1]).sum(axis=0, dtype=np.float64), row_count(layer, x)
-    view = _windows(layer, x)
-    sums = view.sum(axis=(0, 2, 3), dtype=np.float64)  # [C, kh, kw]
-    return sums.reshape(-1), int(view.shape[0] * view.shape[2] * view.shape[3])
-
-
-class NormalEquations:
-    """Streaming ``AᵀA`` and ``AᵀT`` with an intercept column appended to ``A``.
-
-    Memory is ``O(K²+K·M)`` for ``K`` patch columns and ``M`` outputs, whatever the
-    number of rows added.
-    """
-
-    def __init__(self, n_in: int, n_out: int) -> None:
-        self.gram = np.zeros((n_in + 1, n_in + 1))
-        self.cross = np.zeros((n_in + 1, n_out))
-        self.rows = 0
-
-    def add(self, a: np.ndarray, t: np.ndarray) -> None:
-        a1 = np.concatenate([a, np.ones((len(a), 1))], axis=1)
-        self.gram += a1.T @ a1
-        self.cross += a1.T @ t
-        self.rows += len(a)
-
-
-def solve_lsq(
-    eq: NormalEquations, w0: np.ndarray, b0: np.ndarray, ridge: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Ridge LSQ towards ``(w0 [out, K], b0 [out])``; returns ``(w [out, K], b [out])``.
-
-    See the module docstring for the equations. With ``ridge == 0`` a singular system is
-    solved in the least-norm sense (``lstsq``).
-    """
-    k = w0.shape[1]
-    theta0 = np.concatenate([w0.T, b0[None, :]], axis=0)
-    diag = np.diag(eq.gram)[:k]
-    lam = ridge * float(diag.mean()) if k and diag.mean() > 0 else ridge
-    reg = np.diag(np.r_[np.full(k, lam), 0.0])
-    lhs, rhs = eq.gram + reg, eq.cross + reg @ theta0
-    try:
-        theta = np.linalg.solve(lhs, rhs) if ridge > 0 else np.linalg.lstsq(lhs, rhs)[0]
-    except np.linalg.LinAlgError:
-        log.warning("singular normal equations; using the least-norm solution")
-        theta = np.linalg.lstsq(lhs, rhs, rcond=None)[0]
-    return theta[:k].T, theta[k]
-
-
-def compensated_bias(layer: LinearLayer, column_means: np.ndarray) -> np.ndarray:
-    """Kept outputs' bias plus the mean contribution of the removed input columns."""
-    w = layer.flat_weight()[layer.out_keep]
-    removed = layer.removed_columns()
-    return layer.bias[layer.out_keep].astype(np.float64) + w[:, removed] @ column_means[removed]
-
-
-def refreshed_batchnorm(
-    original: tuple[np.ndarray, np.ndarray],
-    pruned: tuple[np.ndarray, np.ndarray],
-    running: tuple[np.ndarray, np.ndarray],
-    gamma: np.ndarray,
-    epsilon: float,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """New ``(running_mean, running_var, gamma)`` for a BN whose input changed.
+class RecoverPass(Pass):
+    """Rewrite the pruned graph's weights, biases and BatchNorms (see module docstring).
 
     Args:
-        original: per-channel (mean, var) of the BN input in the original model.
-        pruned: the same in the pruned model (same channels).
-        running: the BN's current (running_mean, running_var).
-        gamma: the BN scale; only changed when the needed variance would be negative
-            (then var is clamped to 0 and gamma absorbs the rest, same output).
-        epsilon: the BN's epsilon.
-
-    Rule: with ``s = sqrt(var + eps)``, the original normalised output has mean
-    ``(μ - rm) / s`` and std ``σ / s``; the new ``s' = σ' s / σ`` and
-    ``rm' = μ' - (μ - rm) s' / s`` give the pruned output the same two moments. A channel
-    with zero variance on either side keeps ``s`` and only has its mean matched.
+        reference: the original module: graph, channel groups and the plan that pruned it.
+        method: a key of :data:`RECOVERY_METHODS`.
+        ridge: relative ridge strength for ``lsq`` (``λ = ridge * mean diag(AᵀA)``).
+        max_rows: patch rows used per batch and layer for ``lsq``.
+        refresh_bn: re-estimate BatchNorm statistics after changed layers.
     """
-    (mu, var), (mu_p, var_p), (rm, rv) = original, pruned, running
-    s = np.sqrt(rv.astype(np.float64) + epsilon)
-    sigma, sigma_p = np.sqrt(np.maximum(var, 0)), np.sqrt(np.maximum(var_p, 0))
-    both = (sigma > 0) & (sigma_p > 0)
-    s_new = np.where(both, sigma_p * s / np.where(both, sigma, 1.0), s)
-    rm_new = mu_p - (mu - rm) * s_new / s
-    rv_new = s_new**2 - epsilon
-    gamma_new = gamma.astype(np.float64).copy()
-    clamp = rv_new < 0
-    gamma_new[clamp] *= np.sqrt(epsilon) / s_new[clamp]
-    rv_new[clamp] = 0.0
-    return rm_new, rv_new, gamma_new
+
+    name = "Recover"
+
+    def __init__(
+        self,
+        reference: Module,
+        method: str = "lsq",
+        ridge: float = 1e-3,
+        max_rows: int = 4096,
+        refresh_bn: bool = True,
+    ) -> None:
+        if method not in RECOVERY_METHODS:
+            raise ValueError(
+                f"unknown recovery method {method!r}; choose from {sorted(RECOVERY_METHODS)}"
+            )
+        if reference.groups is None or reference.plan is None:
+            raise PassError(f"{self.name} needs a reference module with groups and a plan")
+        reference.plan.validate(reference.groups)
+        self.reference, self.method = reference, method
+        self.ridge, self.max_rows, self.refresh_bn = ridge, max_rows, refresh_bn
+
+    def run(self, mod: Module, ctx: PassContext) -> Module:
+        if ctx.tensors is None:
+            raise PassError(f"{self.name} needs PassContext(tensors=...) over calibration data")
+        graph = mod.graph.copy()
+        ref = self.reference
+        consumers = consumer_layers(ref.graph, kept_positions(ref.groups, ref.plan))
+        logger.info("recovering %d consumer layers with %s", len(consumers), self.method)
+        # The reference never changes: exported once, not once per layer (an opaque
+        # model the provider runs as it is; the pruned graph is re-exported as it changes).
+        original = export_model(ref.graph)
+        if self.method == "bias" and consumers:
+            self._compensate(graph, original, consumers, ctx)
+        for consumer in consumers:
+            if self.method == "lsq":
+                self._refit(graph, original, consumer, ctx)
+            if self.refresh_bn:
+                self._refresh_following_bn(graph, original, consumer, ctx)
+        return mod.replace(graph=graph)
+
+    def _compensate(
+        self, graph: gs.Graph, original: Any, consumers: list[Consumer], ctx: PassContext
+    ) -> None:
+        """One pass of the original: exact patch-column means of every consumer's input."""
+        sums: list[np.ndarray | None] = [None] * len(consumers)
+        counts = [0] * len(consumers)
+        names = [c.input for c in consumers]
+        for (values,) in ctx.tensors([(original, names)]):
+            for i, c in enumerate(consumers):
+                s, n = patch_column_sums(c.layer, values[c.input])
+                sums[i] = s if sums[i] is None else sums[i] + s
+                counts[i] += n
+        for c, s, n in zip(consumers, sums, counts, strict=True):
+            write_bias(graph, c, grouped_compensated_bias(c.layer, s / n))
+
+    def _refit(self, graph: gs.Graph, original: Any, c: Consumer, ctx: PassContext) -> None:
+        """Normal equations: pruned input rows -> original kept output rows, then solve."""
+        layer, rng = c.layer, np.random.default_rng(ctx.seed)
+        eq = BlockEquations(layer)
+        pairs = ctx.tensors([(original, [c.output]), (graph, [c.input])])
+        for orig, pruned in pairs:
+            x = pruned[c.input]
+            total = row_count(layer, x)
+            rows = None
+            if total > self.max_rows:  # uniform, without replacement, seeded: deterministic
+                rows = np.sort(rng.choice(total, self.max_rows, replace=False))
+            target = output_rows(layer, orig[c.output], rows)[:, layer.out_keep]
+            eq.add(patch_rows(layer, x, rows), target)
+        weight, bias = solve_blocks(eq, layer, self.ridge)
+        write_weight(graph, c, weight)
+        write_bias(graph, c, bias)
+
+    def _refresh_following_bn(
+        self, graph: gs.Graph, original: Any, c: Consumer, ctx: PassContext
+    ) -> None:
+        bn = following_batchnorm(graph, c.output)
+        if bn is None:
+            return
+        before, pruned = _ChannelMoments(), _ChannelMoments()
+        for orig, prun in ctx.tensors([(original, [c.output]), (graph, [c.output])]):
+            before.add(c.output, orig[c.output])
+            pruned.add(c.output, prun[c.output])
+        mu, var = before.result()
+        gamma, _, mean, variance = (np.asarray(t.values) for t in bn.inputs[1:5])
+        epsilon = float(bn.attrs.get("epsilon", 1e-5))
+        rm, rv, g = refreshed_batchnorm(
+            (mu[c.layer.out_keep], var[c.layer.out_keep]), pruned.result(),
+            (mean, variance), gamma, epsilon,
+        )  # fmt: skip
+        written = (bn.inputs[3], bn.inputs[4], bn.inputs[1])
+        for tensor, value in zip(written, (rm, rv, g), strict=True):
+            set_values(tensor, value)
+
+
+class _ChannelMoments:
+    """Per-channel (axis 1) mean and population variance from float64 running sums."""
+
+    def __init__(self) -> None:
+        self._sum = self._square = 0.0
+        self._count = 0
+
+    def add(self, name: str, array: np.ndarray) -> None:
+        if array.ndim < 2:
+            raise UserError(f"tensor {name!r} has rank {array.ndim}: no channel axis 1")
+        axes = (0, *range(2, array.ndim))
+        self._sum = self._sum + array.sum(axis=axes, dtype=np.float64)
+        self._square = self._square + np.square(array, dtype=np.float64).sum(axis=axes)
+        self._count += array.size // array.shape[1]
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        mean = self._sum / self._count
+        return mean, np.maximum(self._square / self._count - mean**2, 0.0)

@@ -1,4 +1,5 @@
-"""Explicit Conv pads for ``auto_pad`` (the ONNX rule), shared by the recovery maths."""
+"""Explicit Conv pads for ``auto_pad`` (the ONNX rule), for the recovery maths
+(``passes/transform/_lsq.py``) and the PyTorch conversion (``runtime/_torch_ops.py``)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Run the recovery a pruning job asked for (``--recover``) and say what it bought.
 
-- ``bias``, ``lsq``: :func:`recovery.recover` (no training).
+- ``bias``, ``lsq``: :func:`onnx_hwprune.recovery.recover` (``RecoverPass``, no training).
 - ``distill``: ``lsq`` first (a good, cheap starting point), then :func:`distill.distill`
   bounded by ``--recover-steps`` / ``--recover-time``.
 - ``auto``: :func:`recover_auto.choose_recovery` over the three.
@@ -35,7 +35,7 @@ def _samples(factory: BatchFactory) -> int:
 
 
 def _methods(opts: PruneOptions, source, groups, plan) -> dict[str, Any]:
-    from onnx_hwprune.runtime.recovery import recover
+    from onnx_hwprune.recovery import recover
 
     def layerwise(name: str):
         def run(start: onnx.ModelProto, factory: BatchFactory):
