@@ -87,8 +87,13 @@ def prune(
     from onnx_hwprune._accuracy_search import guard_applies, prune_within_accuracy
 
     if (opts.max_accuracy_drop is not None and opts.eval_data is not None) or guard_applies(opts):
-        return prune_within_accuracy(model, opts, ctx=ctx, progress=progress)
-    return prune_once(model, opts, ctx=ctx, progress=progress)
+        result = prune_within_accuracy(model, opts, ctx=ctx, progress=progress)
+    else:
+        result = prune_once(model, opts, ctx=ctx, progress=progress)
+    warning = result.report.get("fidelity", {}).get("warning")
+    if warning:  # once per job: the accuracy search's trials do not repeat it
+        log.warning("%s", warning)
+    return result
 
 
 def prune_once(
@@ -310,8 +315,6 @@ def _add_fidelity(report: dict, source, written, factory) -> None:
     section = fidelity_section(source, written, factory)
     if section is not None:
         report["fidelity"] = section
-        if "warning" in section:
-            log.warning("%s", section["warning"])
 
 
 def _compensation(opts: PruneOptions, planned: Module) -> Compensation | None:
