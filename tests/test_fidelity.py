@@ -84,3 +84,15 @@ def test_no_dominant_class_leaves_top1_agreement_alone():
     x[0, :30, 1] = 12.0  # 30% of the positions read class 1: no dominant background
     fid = output_fidelity(_sequence_model([0, 1, 2, 3]), _sequence_model([0, 2, 1, 3]), [{"x": x}])
     assert fid["content_agreement"] is None and fid["top1_agreement"] == 0.7
+
+
+def test_summary_says_random_inputs_are_a_weak_check_unless_data_was_given():
+    from onnx_hwprune._summary import SYNTHETIC_NOTE, _fidelity_lines
+
+    synthetic = {"data": "16 synthetic N(0,1) inputs (no data given)", "cosine": 0.99,
+                 "top1_agreement": 1.0, "content_agreement": None}  # fmt: skip
+    assert SYNTHETIC_NOTE in _fidelity_lines({"fidelity": synthetic})
+    checked = {"fidelity": synthetic, "accuracy": {"top1": [0.99, 0.98]}}
+    assert SYNTHETIC_NOTE not in _fidelity_lines(checked)
+    calib = {**synthetic, "data": "the calibration data"}
+    assert SYNTHETIC_NOTE not in _fidelity_lines({"fidelity": calib})
