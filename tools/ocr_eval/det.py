@@ -19,7 +19,7 @@ from shapely.geometry import Polygon, box
 
 from .text import random_font, random_text
 
-__all__ = ["pages", "detect", "match", "hmean"]
+__all__ = ["pages", "detect", "match", "hmean", "calibration_pages"]
 
 
 def _page(rng: np.random.Generator) -> tuple[Image.Image, list[tuple[int, int, int, int]]]:
@@ -104,3 +104,14 @@ def hmean(model: str, n: int, seed: int = 0) -> dict[str, float]:
     p = hits / n_found if n_found else 0.0
     r = hits / n_truth if n_truth else 0.0
     return {"precision": p, "recall": r, "hmean": 2 * p * r / (p + r) if p + r else 0.0}
+
+
+def calibration_pages(n: int, size: int, seed: int) -> np.ndarray:
+    """``n`` pages (another seed than the test's) as the detector's input at its planning
+    shape ``1x3xsize x size``: resized, BGR, ImageNet mean/std as PP-OCR normalises."""
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    xs = []
+    for img, _ in pages(n, seed):
+        bgr = np.asarray(img.resize((size, size)))[:, :, ::-1] / 255.0
+        xs.append(((bgr - mean) / std).transpose(2, 0, 1))
+    return np.stack(xs).astype(np.float32)
