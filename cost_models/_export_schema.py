@@ -71,7 +71,7 @@ def check_signature(sig: Any, where: str) -> LayerSignature:
 
 def _measurement(m: Any, where: str) -> None:
     _record(m, _MEASUREMENT, where, optional=["quality"])
-    if m.get("quality", "legacy") not in ("clean", "noisy", "drifted", "legacy"):
+    if m.get("quality", "legacy") not in ("clean", "noisy", "drifted", "retried", "legacy"):
         raise UserError(f"malformed profile export: {where}.quality {m['quality']!r:.20}")
     check_signature(m["signature"], f"{where}.signature")
     if m["in_ch"] <= 0 or m["out_ch"] <= 0:

@@ -65,6 +65,7 @@ __all__ = [
     "QUALITY_DRIFTED",
     "QUALITY_LEGACY",
     "QUALITY_NOISY",
+    "QUALITY_RETRIED",
     "check_import",
     "default_db_path",
     "fingerprint_hash",
@@ -77,9 +78,14 @@ EXPORT_VERSION = 1
 _FORMAT = "onnx-hwprune-profile"
 QUALITY_CLEAN, QUALITY_NOISY, QUALITY_DRIFTED = "clean", "noisy", "drifted"
 QUALITY_LEGACY = "legacy"  # rows from before quality flags: usable, not known to be clean
-QUALITIES = (QUALITY_CLEAN, QUALITY_NOISY, QUALITY_DRIFTED, QUALITY_LEGACY)
+# Noisy or drifted again when re-measured: the machine stays that loaded, and timing the
+# point on every later run cost minutes each (a PP-OCRv5 det job re-measured 3,100 points
+# per run at load ~2-10). Used as measured; `profile --verify` or `--rebuild` retries it.
+QUALITY_RETRIED = "retried"
+QUALITIES = (QUALITY_CLEAN, QUALITY_NOISY, QUALITY_DRIFTED, QUALITY_RETRIED, QUALITY_LEGACY)
 UNTRUSTED = frozenset({QUALITY_NOISY, QUALITY_DRIFTED})
-"""Points never final: the next run that can measure re-measures them first."""
+"""Points not final yet: the next run that can measure re-measures them first (once:
+a point still untrusted then is stored as :data:`QUALITY_RETRIED`)."""
 _COLUMNS = "target, fp_hash, signature, in_ch, out_ch, median_ms, spread, samples, number, created"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -108,11 +108,12 @@ def _measured(opts: PruneOptions, static: onnx.ModelProto, db, progress):
     cost = build_cost_model(static, backend, opts.target, db, progress=progress, normalized=own,
                             context_models=context_models)  # fmt: skip
     counts = db.quality_counts(opts.target, backend.fingerprint_hash())
-    if counts["noisy"] + counts["drifted"]:
+    if counts["noisy"] + counts["drifted"] + counts["retried"]:
         log.warning(
-            "the profile holds %d noisy and %d drifted points (of %d): the next run that measures "
-            "re-measures them; see README 'Measuring on a shared machine'",
-            counts["noisy"], counts["drifted"], sum(counts.values()),
+            "the profile holds %d noisy and %d drifted points (the next run that measures "
+            "re-measures them) and %d retried (untrusted twice: used; `profile --verify` or "
+            "--rebuild on a quieter machine) of %d; see README 'Measuring on a shared machine'",
+            counts["noisy"], counts["drifted"], counts["retried"], sum(counts.values()),
         )  # fmt: skip
     return cost, backend
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -21,6 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnx_hwprune.cost_models.profile_db import (
     QUALITY_LEGACY,
+    QUALITY_RETRIED,
     UNTRUSTED,
     Measurement,
     ProfileDB,
@@ -155,7 +157,9 @@ def measure_points(
     found = db.get_many(target, fp_hash, sig, points) if db else {}
     todo = [p for p in points if p not in found or _redo(found[p], guard, sig, p)]
     if todo:
-        found.update(time_points(backend, sig, todo, config or TimingConfig(), anchor, guard))
+        retried = {p for p in todo if p in found}  # untrusted before: a second chance only
+        timed = time_points(backend, sig, todo, config or TimingConfig(), anchor, guard)
+        found.update({p: _settled(m) if p in retried else m for p, m in timed.items()})
         if guard is not None:  # measured in this session: final for this session
             guard.redone.update((sig, p) for p in todo)
         if db:
@@ -163,6 +167,11 @@ def measure_points(
         if on_measured:
             on_measured(len(todo))
     return {p: found[p] for p in points}
+
+
+def _settled(m: Measurement) -> Measurement:
+    """A re-measured point still noisy or drifted is kept as ``retried`` (not again)."""
+    return replace(m, quality=QUALITY_RETRIED) if m.quality in UNTRUSTED else m
 
 
 def _redo(stored: Measurement, guard, sig: LayerSignature, point: tuple[int, int]) -> bool:

@@ -234,3 +234,25 @@ def test_one_lucky_fast_reading_does_not_make_every_group_drifted():
     assert guard.drifted(at(2.0), at(2.05)) is None
     assert guard.drifted(at(3.0), at(3.0)) == "slow"
     assert guard.drifted(at(2.0), at(3.0)) == "moved"
+
+
+def test_a_point_untrusted_twice_is_kept_as_retried_and_not_timed_again(tmp_path):
+    """On a machine that stays noisy, a re-measured point still noisy is stored as
+    ``retried``: the run after does not time it a third time (each run re-timing every
+    untrusted point cost minutes on a loaded machine)."""
+    path = tmp_path / "p.sqlite"
+    for run in range(2):
+        with ProfileDB(path) as db:
+            build_cost_model(_model(), FakeMachine(jitter=0.5), "cpu", db, FAST)
+            if run == 0:
+                first = _points(db, FakeMachine())
+    retried = {s for s, q in first.items() if q == "noisy"}
+    assert retried
+    with ProfileDB(path) as db:
+        second = _points(db, FakeMachine())
+    assert all(second[s] == "retried" for s in retried)
+    third = FakeMachine(jitter=0.5)
+    with ProfileDB(path) as db:
+        build_cost_model(_model(), third, "cpu", db, FAST)
+        assert db.quality_counts("cpu")["retried"] == len(retried)
+    assert not retried & set(third.prepared)
