@@ -62,13 +62,7 @@ def profile_nodes(model: onnx.ModelProto, threads: int, runs: int = 10) -> dict[
             session.run(None, feeds)
         for _ in range(runs):
             session.run(None, feeds)
-        with open(session.end_profiling(), encoding="utf-8") as f:
-            events = json.load(f)
-    per_run: dict[str, list[float]] = {}
-    for ev in events:
-        if ev.get("cat") == "Node" and ev.get("name", "").endswith("_kernel_time"):
-            name = ev["name"][: -len("_kernel_time")].removesuffix("_nchwc")
-            per_run.setdefault(name, []).append(ev["dur"] / 1e3)
+        per_run = _kernel_times(session.end_profiling())
     return {n: statistics.median(v[-runs:]) for n, v in per_run.items()}
 
 
@@ -99,10 +93,13 @@ def profile_nodes_interleaved(
             for name, session in sessions.items():
                 session.run(None, feeds[name])
         files = {name: s.end_profiling() for name, s in sessions.items()}
-        return {name: _node_fastest(path, runs) for name, path in files.items()}
+        times = {name: _kernel_times(path) for name, path in files.items()}
+    return {name: {n: min(v[-runs:]) for n, v in t.items()} for name, t in times.items()}
 
 
-def _node_fastest(path: str, runs: int) -> dict[str, float]:
+def _kernel_times(path: str) -> dict[str, list[float]]:
+    """Milliseconds of every run of each node in an onnxruntime profile file, in order
+    (``_nchwc`` stripped: the layout transform renames the node it rewrote)."""
     with open(path, encoding="utf-8") as f:
         events = json.load(f)
     per_run: dict[str, list[float]] = {}
@@ -110,7 +107,7 @@ def _node_fastest(path: str, runs: int) -> dict[str, float]:
         if ev.get("cat") == "Node" and ev.get("name", "").endswith("_kernel_time"):
             name = ev["name"][: -len("_kernel_time")].removesuffix("_nchwc")
             per_run.setdefault(name, []).append(ev["dur"] / 1e3)
-    return {n: min(v[-runs:]) for n, v in per_run.items()}
+    return per_run
 
 
 def attribute_to_layers(
