@@ -54,8 +54,7 @@ def _speed(report: dict[str, Any]) -> float:
 
 def prune_within_accuracy(model, opts: PruneOptions, **kwargs: Any):
     """Bisect the budget (see module doc); returns the chosen :class:`PruneResult`."""
-    from onnx_hwprune._latency import Pricing
-    from onnx_hwprune.api import PruneResult, prune_once
+    from onnx_hwprune.api import PruneResult, Shared, prune_once
 
     if opts.resolved_method() != "latency":
         raise UserError("--max-accuracy-drop needs the latency method")
@@ -66,10 +65,10 @@ def prune_within_accuracy(model, opts: PruneOptions, **kwargs: Any):
     # Trials are compared on predicted latency; only the chosen plan is timed (below).
     base = replace(opts, max_accuracy_drop=None, guard=False, measure=False)
     trials: list[dict[str, Any]] = []
-    pricing = Pricing()  # one profile for every trial and the final run
+    shared = Shared()  # one profile and one sensitivity table for every trial
 
     def prune(model, opts, **kwargs):
-        return prune_once(model, opts, pricing=pricing, **kwargs)
+        return prune_once(model, opts, shared=shared, **kwargs)
 
     def trial(fraction: float):
         result = prune(model, replace(base, latency_budget=LatencyBudget(fraction=fraction)),

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import onnx
@@ -102,12 +102,12 @@ def prune_once(
     *,
     ctx: PassContext,
     progress: Callable | None = None,
-    pricing: _latency.Pricing | None = None,
+    shared: Shared | None = None,
 ) -> PruneResult:
     """One pruning job at ``opts``' budget, without the accuracy search: the steps of
-    :data:`PIPELINE` in order, then the report from what they produced. ``pricing``
-    shares one cost model between the jobs of a search (profiling happens once)."""
-    job = _Job(model, opts, ctx, progress, pricing or _latency.Pricing())
+    :data:`PIPELINE` in order, then the report from what they produced. ``shared``
+    is what the jobs of a search share: profiling and sensitivity happen once."""
+    job = _Job(model, opts, ctx, progress, shared or Shared())
     for name, step in PIPELINE:
         log.debug("prune step: %s", name)
         job = step(job)
@@ -115,6 +115,17 @@ def prune_once(
             report = {"options": opts.to_json(), "reason": job.reason}
             return PruneResult(None, None, report, job.reason)
     return PruneResult(job.written, job.planned.plan, _report(job))
+
+
+@dataclass
+class Shared:
+    """What the jobs of one accuracy search share, built by the first job that needs it:
+    they prune the same model for the same target on the same data, so the cost model
+    (profiling) and the measured sensitivity table are the same for every trial (each
+    trial rebuilt them: on PP-OCRv5 rec the table alone took ~65 s a trial)."""
+
+    pricing: _latency.Pricing = field(default_factory=_latency.Pricing)
+    sensitivity: Any = None  # passes.analysis.sensitivity.SensitivityTable
 
 
 @dataclass(frozen=True)
@@ -125,7 +136,7 @@ class _Job:
     opts: PruneOptions
     ctx: PassContext
     progress: Callable | None
-    pricing: _latency.Pricing
+    shared: Shared
     reason: str = ""  # set by a step that finds nothing to do: the pipeline stops
     mod: Module | None = None  # the analysed original (graph + channel groups)
     source: onnx.ModelProto | None = None  # its export: the names later steps refer to
@@ -162,7 +173,7 @@ def _calibrate(job: _Job) -> _Job:
 def _price(job: _Job) -> _Job:
     opts = job.opts
     try:
-        cost, backend, note = _cost_model(opts, job.source, job.progress, job.pricing)
+        cost, backend, note = _cost_model(opts, job.source, job.progress, job.shared.pricing)
     except NothingToPrice as exc:  # e.g. integer operators: no latency model, not bad input
         return job.but(reason=f"no layer the {opts.target} cost model can price: {exc}")
     ctx = job.ctx
@@ -177,7 +188,9 @@ def _sense(job: _Job) -> _Job:
     if not job.opts.uses_sensitivity():
         return job
     scored = _scored(job.opts, job.mod, job.factory, job.ctx)
-    return job.but(mod=_sensitivity(job.opts, scored, job.factory, job.ctx))
+    if job.shared.sensitivity is None:
+        job.shared.sensitivity = _sensitivity(job.opts, scored, job.factory, job.ctx).sensitivity
+    return job.but(mod=scored.replace(sensitivity=job.shared.sensitivity))
 
 
 def _plan_and_remove(job: _Job) -> _Job:

@@ -70,3 +70,24 @@ def test_guard_trials_share_one_cost_model(monkeypatch):
     result = prune(EXAMPLES / "digits_resnet.onnx", target="mali")
     assert len(result.report["accuracy_search"]["trials"]) > 1
     assert len(built) == 1
+
+
+def test_search_trials_share_one_sensitivity_table(monkeypatch):
+    """The table depends on the model and the calibration data, not on the budget: the
+    search measures it once, whatever the number of trials."""
+    from onnx_hwprune.passes.analysis.sensitivity import SensitivityAnalysis
+
+    measured = []
+    run = SensitivityAnalysis.run
+
+    def counted(self, mod, ctx):
+        measured.append(1)
+        return run(self, mod, ctx)
+
+    monkeypatch.setattr(SensitivityAnalysis, "run", counted)
+    result = prune(EXAMPLES / "digits_resnet.onnx", target="mali", max_accuracy_drop=0.0,
+                   eval_data=EXAMPLES / "digits_test.npz", calib=EXAMPLES / "digits_calib.npz",
+                   recover="none")  # fmt: skip
+    assert len(result.report["accuracy_search"]["trials"]) > 1
+    assert len(measured) == 1
+    assert result.report["sensitivity"]["samples"] > 0
