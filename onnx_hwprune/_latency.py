@@ -15,7 +15,14 @@ from onnx_hwprune.passes.analysis.groups import ChannelGroups
 from onnx_hwprune.passes.plan._channels import ChannelMap
 from onnx_hwprune.passes.plan.plan import Plan
 
-__all__ = ["Pricing", "cost_model", "baseline_latency", "predicted_section", "measured_section"]
+__all__ = [
+    "Pricing",
+    "cost_model",
+    "priced_form",
+    "baseline_latency",
+    "predicted_section",
+    "measured_section",
+]
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +72,8 @@ def _priced(opts: PruneOptions, source: onnx.ModelProto, progress: Callable | No
 
     target = get_target(opts.target, measurable=False)
     static = with_static_inputs(source)  # deployment latency: batch 1 where symbolic
-    if opts.quantize == "int8":  # plan for the int8 kernels that will run (int8 staircases)
-        from onnx_hwprune.runtime.quantize import qdq_for_planning
-
-        static = qdq_for_planning(static)
+    form = priced_form(opts)
+    static = form(static) if form else static
     if target.cost_source == "shipped":
         return shipped_cost_model(target.name, static, progress=progress), None, static
     if opts.pinned_profile is not None:  # reproducible: reads that file only, times nothing
@@ -82,6 +87,18 @@ def _priced(opts: PruneOptions, source: onnx.ModelProto, progress: Callable | No
         return (*_measured(opts, static, db, progress), static)
     finally:
         db.close()
+
+
+def priced_form(opts: PruneOptions) -> Callable | None:
+    """The form a model is priced (and timed against its budget) in, as a function of
+    the float model, or None for the model as it is. With ``--quantize int8`` that is its
+    QDQ form: the plan is for the int8 kernels that will run (int8 staircases), and timed
+    as float an int8 plan looked over-pruned to the closed loop."""
+    if opts.quantize != "int8":
+        return None
+    from onnx_hwprune.runtime.quantize import qdq_for_planning
+
+    return qdq_for_planning
 
 
 def _analytic(name: str, static: onnx.ModelProto, db):

@@ -211,24 +211,13 @@ def _plan_and_remove(job: _Job) -> _Job:
 
         measured = (job.backend, job.source, mod.groups, mod.graph)
         attempted, rounds, cost = close_loop(
-            attempt, job.ctx, opts.effective_budget, *measured, form=_timed_form(opts)
+            attempt, job.ctx, opts.effective_budget, *measured, form=_latency.priced_form(opts)
         )
     else:
         attempted = attempt(job.ctx)
     planned, (comp, pruned_graph), out = attempted
     return job.but(planned=planned, comp=comp, pruned_graph=pruned_graph, out=out,
                    written=out, rounds=rounds, cost=cost)  # fmt: skip
-
-
-def _timed_form(opts: PruneOptions):
-    """How models are timed against the budget: as the cost model priced them. With
-    ``--quantize int8`` the plan is priced on int8 kernels, so it is judged in QDQ form
-    (timed as float, an int8 plan looked over-pruned and the loop could not see it)."""
-    if opts.quantize != "int8":
-        return None
-    from onnx_hwprune.runtime.quantize import qdq_for_planning
-
-    return qdq_for_planning
 
 
 def _keep_dims(job: _Job) -> _Job:
