@@ -242,6 +242,8 @@ def fold_static_shapes(model: onnx.ModelProto, batch: Mapping[str, np.ndarray]) 
 def _fold_node(node, consts, shapes, model, evaluator) -> np.ndarray | None:
     if node.op_type == "Shape" and node.input[0] in shapes and len(node.attribute) == 0:
         return np.array(shapes[node.input[0]], dtype=np.int64)
+    if node.op_type == "Constant" and [a.name for a in node.attribute] == ["value"]:
+        return numpy_helper.to_array(node.attribute[0].t)  # exporters' shape constants
     if node.op_type not in _FOLDABLE or len(node.output) != 1:
         return None
     if not all(i in consts for i in node.input if i):

@@ -156,3 +156,39 @@ def test_exported_softmax_wrappers_and_shape_chains_are_handled():
     with torch.no_grad():
         (got,) = OnnxModule(folded, fold_bn=False)(torch.from_numpy(x))
     np.testing.assert_allclose(got.numpy(), run(model, {"x": x})[0], atol=1e-6)
+
+
+def test_shape_chains_with_constant_nodes_fold():
+    """PP-OCRv5's direction classifier: Shape -> Cast -> Slice (bounds from Constant
+    nodes, not initializers) -> Cast -> Concat -> Reshape. Unfolded, the Casts reached the
+    converter and distillation of that model failed with 'op Cast is not supported'."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnx_hwprune.runtime.distill import fold_static_shapes
+
+    mk = helper.make_node
+
+    def const(name, values):
+        return mk("Constant", [], [name], value=numpy_helper.from_array(np.array(values), name))
+
+    nodes = [
+        const("lo", [0]), const("hi", [1]), const("tail", np.array([-1], np.int64)),
+        mk("Shape", ["x"], ["s"]),
+        mk("Cast", ["s"], ["s32"], to=TensorProto.INT32),
+        mk("Slice", ["s32", "lo", "hi"], ["n32"]),
+        mk("Cast", ["n32"], ["n"], to=TensorProto.INT64),
+        mk("Concat", ["n", "tail"], ["shape"], axis=0),
+        mk("Reshape", ["x", "shape"], ["y"]),
+    ]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    x = np.random.default_rng(0).standard_normal((4, 2, 3)).astype(np.float32)
+    folded = fold_static_shapes(model, {"x": x})
+    assert [n.op_type for n in folded.graph.node] == ["Reshape"]
+    with torch.no_grad():
+        (got,) = OnnxModule(folded, fold_bn=False)(torch.from_numpy(x))
+    np.testing.assert_allclose(got.numpy(), x.reshape(4, 6))
