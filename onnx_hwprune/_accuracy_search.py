@@ -102,8 +102,10 @@ def prune_within_accuracy(model, opts: PruneOptions, **kwargs: Any):
     if chosen is None:
         reason = (f"no budget between {first:.3f} and 1.0 kept the accuracy within "
                   f"{limit:.1f} {metric}")  # fmt: skip
-        return PruneResult(None, None, {"options": opts.to_json(), "reason": reason,
-                                        "accuracy_search": search}, reason)  # fmt: skip
+        report = {"options": opts.to_json(), "reason": reason, "accuracy_search": search}
+        if shared.synthetic is not None and shared.synthetic[2]:
+            report["synthetic_data"] = shared.synthetic[2]  # what the checks ran on
+        return PruneResult(None, None, report, reason)
     if opts.measure:
         final = replace(base, measure=True, latency_budget=LatencyBudget(fraction=fraction))
         chosen = prune(model, final, **kwargs)

@@ -51,11 +51,27 @@ def budget_lines(report: dict[str, Any]) -> list[str]:
 
 def guard_lines(report: dict[str, Any]) -> list[str]:
     return (
-        _search_lines(report)
+        _synthetic_lines(report)
+        + _search_lines(report)
         + _fidelity_lines(report)
         + _compensation_lines(report)
         + _output_lines(report)
     )
+
+
+def _synthetic_lines(report: dict[str, Any]) -> list[str]:
+    synth = report.get("synthetic_data")
+    if not synth:
+        return []
+    if not synth.get("used"):
+        return [f"no data given; inputs not synthesised ({synth['reason']}): checks use noise"]
+    took = "from the cache" if synth.get("cached") else f"{synth['seconds']:.1f} s"
+    return [
+        f"no data given: {synth['samples']} inputs synthesised from the model's BatchNorm "
+        f"statistics ({took}): "
+        f"{synth['samples'] - synth['held_back']} served as calibration data (sensitivity, "
+        f"recovery), {synth['held_back']} held back for the checks"
+    ]
 
 
 def _search_lines(report: dict[str, Any]) -> list[str]:
@@ -91,6 +107,8 @@ def _fidelity_lines(report: dict[str, Any]) -> list[str]:
         lines.append("WARNING: " + fid["warning"])
     elif "synthetic" in fid["data"] and "accuracy" not in report:
         lines.append(SYNTHETIC_NOTE)
+    elif "synthesised" in fid["data"] and "accuracy" not in report:
+        lines.append(SYNTHESISED_NOTE)
     return lines
 
 
@@ -99,6 +117,13 @@ def _fidelity_lines(report: dict[str, Any]) -> list[str]:
 SYNTHETIC_NOTE = (
     "NOTE: checked on random inputs only, which can agree while real accuracy is lost; "
     "check with --eval DATA, or prune with --calib DATA"
+)
+
+
+# Synthesised inputs see much more than noise (runtime/synthesize.py) but are not real data.
+SYNTHESISED_NOTE = (
+    "NOTE: checked on synthesised inputs, not real data; check with --eval DATA, "
+    "or prune with --calib DATA"
 )
 
 

@@ -22,6 +22,7 @@ import onnx
 
 from onnx_hwprune import _data, _latency
 from onnx_hwprune._dynamic import keep_model_dims, output_section
+from onnx_hwprune._synthetic import synthetic_calibration
 from onnx_hwprune.errors import NothingToPrice, UserError
 from onnx_hwprune.frontends.onnx import ModelSource, export_model, load_graph, verify_model
 from onnx_hwprune.options import PruneOptions
@@ -126,6 +127,7 @@ class Shared:
 
     pricing: _latency.Pricing = field(default_factory=_latency.Pricing)
     sensitivity: Any = None  # passes.analysis.sensitivity.SensitivityTable
+    synthetic: tuple | None = None  # (fit, check, info): _synthetic.synthetic_calibration
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,8 @@ class _Job:
     mod: Module | None = None  # the analysed original (graph + channel groups)
     source: onnx.ModelProto | None = None  # its export: the names later steps refer to
     factory: Any = None  # calibration batches, or None
+    synthetic: dict | None = None  # what the data synthesis did, or why it did not run
+    held_back: dict | None = None  # synthesised inputs kept from recovery, for the checks
     cost: Any = None  # the cost model, its backend (None: not timed), and a note
     backend: Any = None
     latency_note: str = ""
@@ -166,8 +170,17 @@ def _analyse(job: _Job) -> _Job:
 
 
 def _calibrate(job: _Job) -> _Job:
-    """Bad calibration data fails here, before any profiling or planning."""
-    return job.but(factory=_data.calibration(job.opts, job.source))
+    """Bad calibration data fails here, before any profiling or planning. Without data,
+    inputs synthesised from the model's BatchNorm statistics become the calibration data
+    (once per search: every trial reuses them)."""
+    opts = job.opts
+    if opts.calib is None and opts.synthetic_data != "off":
+        if job.shared.synthetic is None:
+            job.shared.synthetic = synthetic_calibration(opts, job.source)
+        fit, check, info = job.shared.synthetic
+        opts = opts if fit is None else replace(opts, calib=fit)
+        job = job.but(opts=opts, synthetic=info, held_back=check)
+    return job.but(factory=_data.calibration(opts, job.source))
 
 
 def _price(job: _Job) -> _Job:
@@ -291,7 +304,9 @@ def _report(job: _Job) -> dict[str, Any]:
         report.setdefault("latency", {})["note"] = job.latency_note
     if job.comp is not None:
         report["bias_compensation"] = job.comp.summary()
-    _add_fidelity(report, job.source, job.written, job.factory)
+    if job.synthetic:
+        report["synthetic_data"] = job.synthetic
+    _add_fidelity(report, job.source, job.written, job.factory, job.held_back)
     return report
 
 
@@ -311,10 +326,17 @@ def _cost_model(opts: PruneOptions, source: onnx.ModelProto, progress, pricing):
         return None, None, f"latency not predicted or measured: {exc}"
 
 
-def _add_fidelity(report: dict, source, written, factory) -> None:
+def _add_fidelity(report: dict, source, written, factory, held_back: dict | None) -> None:
+    """Checked on the calibration data, or on the held-back synthesised inputs."""
     from onnx_hwprune.runtime.fidelity import fidelity_section
 
-    section = fidelity_section(source, written, factory)
+    label = None
+    if held_back is not None:
+        n = len(next(iter(held_back.values())))
+        label = f"{n} held-back inputs synthesised from the model's BatchNorm statistics"
+        batches = [{k: v[i : i + 1] for k, v in held_back.items()} for i in range(n)]
+        factory = lambda: batches  # noqa: E731
+    section = fidelity_section(source, written, factory, label)
     if section is not None:
         report["fidelity"] = section
 

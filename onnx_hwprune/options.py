@@ -72,6 +72,10 @@ class PruneOptions:
     # Relax the *default* budget when outputs move too far (None: on for the default job).
     guard: bool | None = None
     sensitivity: str = "auto"
+    # Without --calib: inputs synthesised from the model's BatchNorm statistics serve as
+    # calibration data ("auto": where the model and torch allow; runtime/synthesize.py).
+    synthetic_data: str = "auto"
+    synthetic_samples: int = 48  # a third held back for the checks
 
     def __post_init__(self) -> None:
         # The API takes a budget as text too ("0.6", "12ms"), as the CLI does.
@@ -127,6 +131,8 @@ class PruneOptions:
 
     def validate(self) -> None:
         method, drive = self.resolved_method(), self.method_record().drive
+        if self.synthetic_data not in ("auto", "off") or self.synthetic_samples < 4:
+            raise UserError("synthetic_data must be 'auto' or 'off', with at least 4 samples")
         if self.ratio is not None:
             check_ratio(self.ratio)
         if drive == "budget" and self.ratio is not None:
@@ -174,4 +180,5 @@ class PruneOptions:
             "quantize": self.quantize,
             "bias_compensation": self.effective_bias_compensation,
             "fix_input_shape": self.fix_input_shape,
+            "synthetic_data": self.synthetic_data,
         }

@@ -42,7 +42,9 @@ from onnx import numpy_helper
 from onnx_hwprune.errors import UserError
 from onnx_hwprune.runtime.activations import make_session, with_extra_outputs
 
-__all__ = ["TORCH_EXTRA", "DistillResult", "distill", "distill_targets", "require_torch"]
+__all__ = [
+    "TORCH_EXTRA", "DistillResult", "distill", "distill_targets", "require_torch", "torch_state",
+]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +158,7 @@ def distill(
     teacher = make_session(with_extra_outputs(original, names), intra_op_num_threads=threads)
     student_model = with_extra_outputs(pruned, names)
     result = DistillResult()
-    with _torch_state(torch, seed, threads):
+    with torch_state(torch, seed, threads):
         first = dict(next(iter(factory())))
         module = OnnxModule(fold_static_shapes(student_model, first), fold_bn=False)
         shape = {k: v.shape for k, v in first.items()}
@@ -181,7 +183,7 @@ def _same_shape(factory: BatchFactory, shape: Mapping[str, tuple]) -> BatchFacto
     return batches
 
 
-class _torch_state:
+class torch_state:
     """Seeded, deterministic, fixed-thread torch for a block; the previous state after."""
 
     def __init__(self, torch: Any, seed: int, threads: int) -> None:

@@ -127,12 +127,15 @@ def worst_agreement(fid: Mapping) -> float:
     return min(m for m in measures if m is not None)
 
 
-def fidelity_section(original: onnx.ModelProto, pruned: onnx.ModelProto, factory) -> dict | None:
+def fidelity_section(
+    original: onnx.ModelProto, pruned: onnx.ModelProto, factory, label: str | None = None
+) -> dict | None:
     """The report's ``fidelity`` section: measured on ``factory()`` batches (calibration
-    data) or on synthetic inputs; None where neither is possible. ``warning`` is set when
-    agreement or cosine falls under :data:`FIDELITY_FLOOR`."""
+    data, described by ``label``) or on random inputs; None where neither is possible.
+    ``warning`` is set when agreement or cosine falls under :data:`FIDELITY_FLOOR`."""
+    real_data = factory is not None and label is None
     if factory is not None:
-        batches, label = factory(), "the calibration data"
+        batches, label = factory(), label or "the calibration data"
     else:
         batches = synthetic_batches(original)
         label = f"{_SAMPLES} synthetic N(0,1) inputs (no data given)"
@@ -148,9 +151,7 @@ def fidelity_section(original: onnx.ModelProto, pruned: onnx.ModelProto, factory
     )
     if worst < FIDELITY_FLOOR:
         hint = (
-            ""
-            if factory is not None
-            else (" or give data: --calib DATA (--recover lsq is then the default)")
+            "" if real_data else (" or give data: --calib DATA (--recover lsq is then the default)")
         )
         section["warning"] = (
             f"the pruned model's outputs moved far from the original's ({100 * worst:.1f}% "

@@ -83,6 +83,17 @@ class OnnxModule(torch.nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Outputs in graph order."""
+        env = self._run(inputs)
+        return tuple(env[n] for n in self.output_names)
+
+    def tapped(
+        self, *inputs: torch.Tensor, taps: list[str]
+    ) -> tuple[tuple[torch.Tensor, ...], dict[str, torch.Tensor]]:
+        """Outputs in graph order and the intermediate tensors named in ``taps``."""
+        env = self._run(inputs)
+        return tuple(env[n] for n in self.output_names), {n: env[n] for n in taps}
+
+    def _run(self, inputs: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor | None]:
         env: dict[str, torch.Tensor | None] = dict(zip(self.input_names, inputs, strict=True))
         env[""] = None
         for name, buf in self._names.items():
@@ -90,7 +101,7 @@ class OnnxModule(torch.nn.Module):
         for step in self._steps:
             results = step.fn(*(env.get(n) for n in step.inputs))
             env.update(zip(step.outputs, results, strict=True))
-        return tuple(env[n] for n in self.output_names)
+        return env
 
 
 def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:

@@ -153,6 +153,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--calib: the cheapest meeting --max-accuracy-drop), none",
     )
     data.add_argument(
+        "--synthetic-data",
+        choices=["auto", "off"],
+        default="auto",
+        help="without --calib, synthesise calibration inputs from the model's BatchNorm "
+        "statistics (needs torch) for the accuracy guard, sensitivity and recovery "
+        "(auto, the default: where the model keeps its BatchNorm layers); off: random inputs",
+    )
+    data.add_argument(
+        "--synthetic-samples",
+        type=_positive_int,
+        default=48,
+        metavar="N",
+        help="inputs to synthesise (default 48; a third are held back from recovery for "
+        "the accuracy checks)",
+    )
+    data.add_argument(
         "--no-bias-compensation",
         dest="bias_compensation",
         action="store_false",
@@ -294,6 +310,8 @@ def _options(args: argparse.Namespace):
         calib=args.calib,
         preprocess=args.preprocess,
         calib_limit=args.calib_limit,
+        synthetic_data=args.synthetic_data,
+        synthetic_samples=args.synthetic_samples,
         recover=args.recover,
         recover_steps=args.recover_steps,
         recover_time=args.recover_time,
@@ -368,6 +386,10 @@ def run(args: argparse.Namespace) -> int:
         write_bytes_atomic(args.output, Path(args.input).read_bytes())
         _write_json(args.report, result.report)
         print(f"nothing pruned, model copied unchanged: {result.reason}")
+        if not args.quiet:
+            from onnx_hwprune._summary import guard_lines
+
+            print("\n".join(guard_lines(result.report)))  # e.g. what the checks ran on
         return 0
     data = serialize(result.model)
     write_bytes_atomic(args.output, data)
