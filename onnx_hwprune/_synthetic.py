@@ -2,7 +2,7 @@
 statistics (``runtime/synthesize.py``) and cached.
 
 The synthesis is deterministic (seeded, a fixed number of steps), so its result is
-stored in the tool's cache folder beside the profile database, keyed by the model at its
+stored in the tool's cache folder beside the default profile database, keyed by the model at its
 planning shape and the synthesis settings: re-running a job, or another budget for the
 same model, reuses it (PP-OCRv5's direction classifier takes ~1-2 min to synthesise on
 this project's 2-core machine).
@@ -28,6 +28,9 @@ __all__ = ["synthetic_calibration"]
 SYNTHESIS_TIME = 360.0  # seconds the 100 steps may take, projected from the first
 CONVERGED = 0.1  # the statistics loss must fall under this share of its start
 STEPS = 100
+# Synthesis runs torch on this machine's CPU kernels, whose rounding differs between CPUs;
+# a pinned job promises the same bytes on any machine.
+PINNED = "--profile pins the job to give the same bytes on any machine; give --calib DATA"
 SEED = 0
 
 
@@ -39,6 +42,8 @@ def synthetic_calibration(opts: PruneOptions, source: onnx.ModelProto):
     job checks on random inputs)."""
     if opts.calib is not None or opts.synthetic_data == "off":
         return None, None, {}
+    if opts.pinned_profile is not None:
+        return None, None, {"used": False, "reason": PINNED}
     arrays, info = _cached(opts, source)
     if arrays is None:
         return None, None, info
@@ -56,7 +61,7 @@ def _cached(opts: PruneOptions, source: onnx.ModelProto) -> tuple[dict | None, d
         return None, {"used": False, "reason": reason}
     key = hashlib.sha256(source.SerializeToString())
     key.update(f"{METHOD}|{opts.synthetic_samples}|{STEPS}|{SEED}".encode())
-    path = _cache_dir(opts) / f"{key.hexdigest()[:32]}.npz"
+    path = _cache_dir() / f"{key.hexdigest()[:32]}.npz"
     stored = _load(path)
     if stored is not None:
         return stored
@@ -84,11 +89,11 @@ def _synthesise(opts: PruneOptions, source: onnx.ModelProto) -> tuple[dict | Non
     return arrays, {"used": True, **info}
 
 
-def _cache_dir(opts: PruneOptions) -> Path:
+def _cache_dir() -> Path:
+    """The tool's own cache folder (never the folder of a user's ``--profile-db``)."""
     from onnx_hwprune.cost_models.profile_db import default_db_path
 
-    db = Path(opts.profile_db) if opts.profile_db else default_db_path()
-    return db.parent / "synthetic"
+    return default_db_path().parent / "synthetic"
 
 
 def _load(path: Path) -> tuple[dict, dict] | None:

@@ -3,7 +3,7 @@
 A thin composition of the passes and the runtime steps, as a flat list of named steps
 (:data:`PIPELINE`):
 
-    analyse -> calibrate -> price (cost model: profile what the DB lacks)
+    analyse -> calibrate -> price (cost model: profile what the DB lacks) -> [synthesise]
     -> plan and remove (scores, uniform | global | latency | a given plan, [snap], removal,
        [closed loop]) -> keep dims -> [recover] -> [quantize] -> verify
     -> report (predicted latency with provenance, measured latency, accuracy)
@@ -170,17 +170,25 @@ def _analyse(job: _Job) -> _Job:
 
 
 def _calibrate(job: _Job) -> _Job:
-    """Bad calibration data fails here, before any profiling or planning. Without data,
-    inputs synthesised from the model's BatchNorm statistics become the calibration data
-    (once per search: every trial reuses them)."""
+    """Bad calibration data fails here, before any profiling or planning."""
+    return job.but(factory=_data.calibration(job.opts, job.source))
+
+
+def _synthesise(job: _Job) -> _Job:
+    """No data given: inputs synthesised from the model's BatchNorm statistics become the
+    calibration data, a third held back for the checks (once per search: the trials reuse
+    them). After pricing, so that a bad profile database fails before this work."""
     opts = job.opts
-    if opts.calib is None and opts.synthetic_data != "off":
-        if job.shared.synthetic is None:
-            job.shared.synthetic = synthetic_calibration(opts, job.source)
-        fit, check, info = job.shared.synthetic
-        opts = opts if fit is None else replace(opts, calib=fit)
-        job = job.but(opts=opts, synthetic=info, held_back=check)
-    return job.but(factory=_data.calibration(opts, job.source))
+    if opts.calib is not None or opts.synthetic_data == "off":
+        return job
+    if job.shared.synthetic is None:
+        job.shared.synthetic = synthetic_calibration(opts, job.source)
+    fit, check, info = job.shared.synthetic
+    if fit is None:
+        return job.but(synthetic=info)
+    opts = replace(opts, calib=fit)
+    return job.but(opts=opts, synthetic=info, held_back=check,
+                   factory=_data.calibration(opts, job.source))  # fmt: skip
 
 
 def _price(job: _Job) -> _Job:
@@ -274,6 +282,7 @@ PIPELINE: tuple[tuple[str, Callable[[_Job], _Job]], ...] = (
     ("analyse", _analyse),  # load, normalise, channel groups (stops: nothing prunable)
     ("calibrate", _calibrate),  # calibration batches, checked now
     ("price", _price),  # the target's cost model, or baseline timing (stops: nothing priced)
+    ("synthesise", _synthesise),  # [no data] calibration inputs from BatchNorm statistics
     ("sense", _sense),  # [--calib] scores and the measured refit error per group and count
     ("plan and remove", _plan_and_remove),  # scores, plan, [snap], removal, [closed loop]
     ("keep dims", _keep_dims),  # the user's dynamic dims back

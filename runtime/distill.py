@@ -57,12 +57,12 @@ BatchFactory = Callable[[], Iterable[Mapping[str, np.ndarray]]]
 Progress = Callable[[int, int, float, float], None]  # step, total steps, loss, seconds
 
 
-def require_torch() -> Any:
+def require_torch(feature: str = "--recover distill") -> Any:
     """The torch module, or a one-line :class:`UserError` naming the extra."""
     try:
         import torch
     except ImportError:
-        raise UserError(f"--recover distill needs PyTorch: {TORCH_EXTRA}") from None
+        raise UserError(f"{feature} needs PyTorch: {TORCH_EXTRA}") from None
     return torch
 
 

@@ -121,7 +121,7 @@ def synthesize(
     """
     from onnx_hwprune.runtime.distill import fold_static_shapes, require_torch, torch_state
 
-    torch = require_torch()
+    torch = require_torch("synthesising calibration inputs (no --calib given)")
     from onnx_hwprune.runtime.torch_convert import OnnxModule
 
     reason = unusable(model)

@@ -90,27 +90,26 @@ def test_the_headline_job_without_data_checks_and_recovers_on_synthesised_inputs
     assert _top1(synth.model) > 0.95
 
 
-def test_a_second_job_reuses_the_synthesis_and_writes_the_same_model(tmp_path):
-    db = tmp_path / "profiles.sqlite"
-    first = prune(DIGITS, ratio=0.3, method="uniform", target="mali", profile_db=db)
-    second = prune(DIGITS, ratio=0.3, method="uniform", target="mali", profile_db=db)
+def test_a_second_job_reuses_the_synthesis_and_writes_the_same_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    first = prune(DIGITS, ratio=0.3, method="uniform", target="mali")
+    second = prune(DIGITS, ratio=0.3, method="uniform", target="mali")
     assert first.report["synthetic_data"]["used"] and "cached" not in first.report["synthetic_data"]
     assert second.report["synthetic_data"]["cached"]
-    assert list((tmp_path / "synthetic").glob("*.npz"))
+    assert list((tmp_path / "onnx-hwprune" / "synthetic").glob("*.npz"))
     assert first.model.SerializeToString() == second.model.SerializeToString()
 
 
 def test_without_torch_the_job_falls_back_to_noise_and_says_why(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # no synthesis cached by other tests
     from onnx_hwprune.errors import UserError
     from onnx_hwprune.runtime import distill
 
-    def missing():
-        raise UserError("--recover distill needs torch: pip install 'onnx-hwprune[torch]'")
+    def missing(feature="--recover distill"):
+        raise UserError(f"{feature} needs PyTorch: pip install 'onnx-hwprune[torch]'")
 
     monkeypatch.setattr(distill, "require_torch", missing)
-    db = tmp_path / "profiles.sqlite"  # its own cache: no synthesis stored by other tests
-    result = prune(DIGITS, ratio=0.3, method="uniform", target="mali", measure=False,
-                   profile_db=db)  # fmt: skip
+    result = prune(DIGITS, ratio=0.3, method="uniform", target="mali", measure=False)
     info = result.report["synthetic_data"]
     assert not info["used"] and "onnx-hwprune[torch]" in info["reason"]
     assert "N(0,1)" in result.report["fidelity"]["data"]
