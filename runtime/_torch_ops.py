@@ -89,6 +89,19 @@ for _name, _fn in _BINARY.items():
     _op(_name)(_binary(_fn))
 
 
+@_op("Sum")
+def _sum(n: NodeInfo) -> Fn:
+    """Variadic, broadcasting elementwise sum (older exports' residual adds: the zoo)."""
+
+    def fn(*xs):
+        total = xs[0]
+        for x in xs[1:]:
+            total = total + x
+        return [total]
+
+    return fn
+
+
 @_op("LeakyRelu")
 def _leaky_relu(n: NodeInfo) -> Fn:
     alpha = float(n.attrs.get("alpha", 0.01))

@@ -158,6 +158,21 @@ def test_converter_matches_onnxruntime_on_the_networks(name):
     _assert_close(NETWORKS[name](seed=0, image_size=64), batch=1)
 
 
+@pytest.mark.torch
+def test_converter_matches_onnxruntime_on_a_variadic_broadcasting_sum():
+    """``Sum`` (the light zoo's ResNet-50 adds its residuals with it)."""
+    from onnx import TensorProto, helper
+
+    shapes = {"a": ["N", 3, 4, 4], "b": ["N", 3, 4, 4], "c": [3, 1, 1]}
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in shapes.items()]
+    output = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    node = helper.make_node("Sum", ["a", "b", "c"], ["y"])
+    graph = helper.make_graph([node], "g", inputs, [output])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    _assert_close(model)
+
+
 _CONV = {"op": "Conv", "dilations": (1, 1), "strides": (1, 1)}
 _MICRO = [
     LayerSignature(**{**_CONV, "strides": (2, 2)}, kernel=(3, 3), pads=(1, 1, 1, 1),
