@@ -187,10 +187,19 @@ def run_job(model, db_path: Path, budget: str) -> dict:
     if result.model is None:
         raise RuntimeError(f"nothing pruned: {result.reason}")
     with ProfileDB(db_path) as db:
-        quality = db.quality_counts("cpu")
+        quality, spreads = db.quality_counts("cpu"), _spreads(db)
     return {"model": result.model, "wall_s": wall_s, "load": load.summary(),
-            "quality": quality, "drift_events": tally.counts,
+            "quality": quality, "drift_events": tally.counts, "spreads": spreads,
             **_from_report(result.report)}  # fmt: skip
+
+
+def _spreads(db) -> dict:
+    """How wild the stored points are: a point whose IQR exceeds its median (spread
+    over 1) is not located within a factor of 2, whatever its flag says."""
+    got = [m["spread"] for m in db.export_json()["measurements"]]
+    return {"points": len(got), "over_1": sum(s > 1.0 for s in got),
+            "median": statistics.median(got) if got else 0.0,
+            "max": max(got, default=0.0)}  # fmt: skip
 
 
 def _from_report(report: dict) -> dict:
@@ -205,6 +214,7 @@ def _from_report(report: dict) -> dict:
         "predicted_speedup": pred[0] / pred[1] if pred[1] else None,
         "loop_rounds": len(rounds),
         "loop_kept": kept,  # measured while planning (under load for L)
+        "loop_note": "; ".join(r["note"] for r in rounds if r.get("note")),
     }
 
 
@@ -242,6 +252,8 @@ def bench_network(name: str, args, workdir: Path) -> dict:
     loaded["burner"] = {"cpu_s": burner.cpu_s, "wall_s": burner.wall_s,
                         "covered_job": burner.outlived_use}  # fmt: skip
     _say(f"{name}: loaded job {loaded['wall_s']:.0f} s (burner used {burner.cpu_s:.0f} CPU s)")
+    if not burner.outlived_use:
+        _say(f"warning: the burner stopped before the {name} job ended: raise --burner-seconds")
     models = {"original": model, "quiet": quiet.pop("model"), "loaded": loaded.pop("model")}
     if args.keep:
         _save(models, args.keep, name)
@@ -275,13 +287,13 @@ def _say(text: str) -> None:
 # -- output --------------------------------------------------------------------------------
 def table(rows: list[dict]) -> str:
     head = ("| network | plan | job s | load avg (mean/max) | points clean/noisy/drifted/"
-            "retried | groups redone/slow | MACs kept | predicted speedup | measured ms "
-            "(spread) | measured speedup |")  # fmt: skip
-    lines = [head, "|" + "---|" * 10]
+            "retried | spread >1 | groups redone/slow | loop rounds | MACs kept | predicted "
+            "speedup | measured ms (spread) | measured speedup |")  # fmt: skip
+    lines = [head, "|" + "---|" * 12]
     for r in rows:
         t = r["timing"]
         lines.append(
-            f"| {r['network']} | original | | | | | 100% | | "
+            f"| {r['network']} | original | | | | | | | 100% | | "
             f"{t['original']['ms']:.3f} ({t['original']['spread']:.0%}) | 1.00x |"
         )
         for key in ("quiet", "loaded"):
@@ -296,7 +308,9 @@ def _plan_row(r: dict, key: str) -> str:
     cells = [r["network"], key, f"{job['wall_s']:.0f}",
              f"{job['load']['mean']:.2f}/{job['load']['max']:.2f}",
              f"{q['clean']}/{q['noisy']}/{q['drifted']}/{q['retried']}",
-             f"{d['redone']}/{d['slow']}", f"{job['macs_kept']:.1%}", pred,
+             f"{job['spreads']['over_1']}", f"{d['redone']}/{d['slow']}",
+             f"{job['loop_rounds']}{' (stopped: noisy)' if 'noisy' in job['loop_note'] else ''}",
+             f"{job['macs_kept']:.1%}", pred,
              f"{t['ms']:.3f} ({t['spread']:.0%})", f"{r['speedup'][key]:.2f}x"]  # fmt: skip
     return "| " + " | ".join(cells) + " |"
 
