@@ -179,6 +179,8 @@ def run_job(model, db_path: Path, budget: str) -> dict:
     from onnx_hwprune.api import prune
     from onnx_hwprune.cost_models.profile_db import ProfileDB
 
+    for stale in (db_path, *(db_path.with_name(db_path.name + x) for x in ("-wal", "-shm"))):
+        stale.unlink(missing_ok=True)  # fresh: a --keep folder may hold an earlier run's
     t0 = time.monotonic()
     with DriftTally() as tally, LoadSampler() as load:
         result = prune(model, target="cpu", threads=1, latency_budget=budget,
@@ -337,7 +339,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--burner-seconds", type=float, default=3600.0, help="its deadline")
     p.add_argument("--burner-duty", type=float, default=1.0, help="busy share of each 0.1 s")
     p.add_argument("--out", type=Path, default=None, help="results as JSON")
-    p.add_argument("--keep", type=Path, default=None, help="keep profiles and models here")
+    p.add_argument("--keep", type=Path, default=None, help="profiles, models: here (overwritten)")
     return p
 
 
