@@ -8,7 +8,7 @@ import random
 import pytest
 
 from onnx_hwprune.cost_models.stair_search import detect_axis, exhaustive_axis
-from onnx_hwprune.cost_models.staircase import AxisProfile, SearchConfig, StaircaseModel
+from onnx_hwprune.cost_models.staircase import AxisProfile, Estimate, SearchConfig, StaircaseModel
 
 
 def _staircase(step: int, base: float, per_step: float, align: int = 1, cliff: float = 1.6):
@@ -130,3 +130,22 @@ def test_search_config_budget_is_respected():
     measure, calls = _measurer(true)
     detect_axis(measure, 256, SearchConfig(max_fraction=0.1, min_points=16))
     assert len(calls) <= 0.1 * 193 + 8  # budget plus the last batch in flight
+
+
+def test_a_point_whose_spread_exceeds_its_median_is_not_priced_as_measured():
+    """Under a burner sharing the core, points came out ~10x under their neighbours with
+    IQR/median 5-13, and the planner followed them (tools/bench_under_load.py). Such a
+    point is interpolated from the well-located ones instead; nothing else moves."""
+    pts = ((8, 0.5, 0.02), (16, 1.0, 0.02), (24, 1.5, 0.3), (31, 0.1, 9.0), (32, 2.0, 0.02))
+    axis = AxisProfile(32, 8, 1, pts)
+    wild = axis.latency(31)
+    assert wild.provenance == "interpolated"
+    assert wild.ms == pytest.approx(1.5 + 0.5 * 7 / 8)  # between 24 and 32
+    assert axis.latency(24) == Estimate(1.5, "measured")  # noisy but within 2x: used
+    assert all(c != 31 for c, _ in axis.stair_edges())  # no fake stair at 31
+
+
+def test_wild_points_are_used_when_there_is_nothing_better():
+    axis = AxisProfile(32, 8, 1, ((8, 0.4, 3.0), (32, 2.0, 5.0)))
+    assert axis.latency(32) == Estimate(2.0, "measured")
+    assert axis.latency(8) == Estimate(0.4, "measured")

@@ -1,0 +1,79 @@
+"""The benchmark tools' own helpers: the under-load benchmark's burner must provably stop."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _tool(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _tool("bench_under_load")
+CORE = min(os.sched_getaffinity(0))
+
+
+def _gone(pid: int, within_s: float) -> bool:
+    """True once ``pid`` no longer runs (exited, or a zombie nobody reaped yet)."""
+    end = time.monotonic() + within_s
+    while time.monotonic() < end:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_burner_stops_by_its_deadline_pinned_and_busy():
+    with bench.Burner(CORE, seconds=1.0) as burner:
+        pid = burner.proc.pid
+        time.sleep(0.3)
+        assert os.sched_getaffinity(pid) == {CORE}
+        assert _gone(pid, within_s=4.0), "the burner ran past its deadline"
+    assert not burner.outlived_use  # it had stopped by itself before the block ended
+    assert burner.cpu_s > 0.1  # it burned: at least some of its second on a shared core
+
+
+def test_burner_is_killed_when_the_block_fails():
+    with pytest.raises(RuntimeError), bench.Burner(CORE, seconds=60.0) as burner:
+        pid = burner.proc.pid
+        raise RuntimeError("the job failed")
+    assert burner.outlived_use
+    assert _gone(pid, within_s=3.0)
+
+
+def test_burner_stops_when_its_parent_dies():
+    """A benchmark killed outright (no finally) leaves no burner behind: the burner sees
+    it was re-parented and stops, long before its 60 s deadline."""
+    parent = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('b', {str(ROOT / 'tools' / 'bench_under_load.py')!r})\n"  # noqa: E501
+        "b = importlib.util.module_from_spec(spec); spec.loader.exec_module(b)\n"
+        f"burner = b.Burner({CORE}, 60.0).__enter__()\n"
+        "print(burner.proc.pid, flush=True)\n"
+        "import os; os._exit(0)\n"  # dies without stopping it
+    )
+    out = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True,
+                         check=True, timeout=30)  # fmt: skip
+    pid = int(out.stdout.split()[0])
+    assert _gone(pid, within_s=3.0), "the burner outlived its parent"
+
+
+def test_burner_refuses_a_bad_duty():
+    with pytest.raises(ValueError):
+        bench.Burner(CORE, 1.0, duty=0.0)
