@@ -256,12 +256,17 @@ def _keep_dims(job: _Job) -> _Job:
 def _recover(job: _Job) -> _Job:
     if not job.opts.resolved_recover():
         return job
-    kept = job.kept
+    kept, factory = job.kept, job.factory
     source, groups = (
         (kept.source, kept.module.groups) if kept and kept.model else (job.source, job.mod.groups)
     )
+    if source is not job.source:
+        # Batches sized for the model recovery runs on: --input-shape x:1,... fixes the batch
+        # at 1 for planning only, and distill trained on batches of one sample (noisy Adam
+        # steps that undid lsq on PP-OCRv5 cls: 77% -> 51% agreement).
+        factory = _data.calibration(job.opts, source)
     written, section = _data.recover_model(
-        job.opts, source, job.written, groups, job.planned.plan, job.factory
+        job.opts, source, job.written, groups, job.planned.plan, factory
     )
     return job.but(written=written, recovery=section)
 

@@ -70,8 +70,9 @@ _UNARY = {
     "HardSwish": F.hardswish,
     "Identity": lambda x: x,
     "Dropout": lambda x: x,  # inference
+    "Sqrt": torch.sqrt,  # with Pow and ReduceMean: LayerNorm as exported op by op (SVTR)
 }
-_BINARY = {"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": torch.div}
+_BINARY = {"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": torch.div, "Pow": torch.pow}
 
 
 def _unary(fn) -> Callable[[NodeInfo], Fn]:
@@ -315,6 +316,30 @@ def _reshape(n: NodeInfo) -> Fn:
 def _transpose(n: NodeInfo) -> Fn:
     perm = n.attrs.get("perm")
     return lambda x: [x.permute(*(perm or reversed(range(x.dim()))))]
+
+
+@_op("Squeeze")
+def _squeeze(n: NodeInfo) -> Fn:
+    """Axes from the attribute (opset < 13) or the constant second input; none: all 1s."""
+    axes = n.attrs.get("axes") or n.ints(1)
+
+    def run(x, *_):
+        return [x.squeeze(tuple(a % x.dim() for a in axes)) if axes else x.squeeze()]
+
+    return run
+
+
+@_op("Unsqueeze")
+def _unsqueeze(n: NodeInfo) -> Fn:
+    axes = _need(n.attrs.get("axes") or n.ints(1), "Unsqueeze axes")
+
+    def run(x, *_):
+        rank = x.dim() + len(axes)
+        for axis in sorted(a % rank for a in axes):
+            x = x.unsqueeze(axis)
+        return [x]
+
+    return run
 
 
 @_op("Concat")

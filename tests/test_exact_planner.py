@@ -313,3 +313,20 @@ def test_exact_job_is_deterministic(tmp_path):
                     "--latency-budget", "0.6", "--quiet")  # fmt: skip
         assert proc.returncode == 0, proc.stderr
     assert outs[0].read_bytes() == outs[1].read_bytes()
+
+
+def test_plan_kept_from_the_greedy_saves_as_readable_json(tmp_path):
+    """The greedy's plan has no solver gap: it must save as JSON that --plan reads back
+    (NaN is not JSON; a saved PP-OCRv5 det plan was refused with 'NaN is not valid JSON')."""
+    from onnx_hwprune._jsonfile import read_json
+
+    graph = load_graph(_chain())
+    cost = TableCost({"conv1": np.array([[1.0, 1.0], [5.0, 5.0]])}, step=8, residual_ms=1.0)
+    _, base = _setup(graph, cost)
+    planner = ExactPlanner(base, graph)
+    greedy = planner._greedy(0.9 * base.predict({}), None)
+    result = planner._from_greedy(greedy, "greedy (solver: optimal)")
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(result.plan.to_json()))
+    meta = read_json(path, "plan")["meta"]
+    assert meta["status"] == "greedy (solver: optimal)" and meta["gap"] is None

@@ -66,3 +66,22 @@ def test_recovery_options_are_checked():
     for bad in bad_options:
         with pytest.raises(UserError):
             PruneOptions(**bad).validate()
+
+
+def test_distill_trains_on_full_batches_when_input_shape_fixes_batch_one(tmp_path):
+    # --input-shape input:1,... fixes the batch for planning only; OUT keeps the dynamic
+    # batch, and recovery must read calibration batches sized for it, not of one sample.
+    import importlib.util
+
+    import pytest
+
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("torch is not installed (the 'torch' extra)")
+    report = tmp_path / "r.json"
+    proc = _cli(str(DIGITS), str(tmp_path / "out.onnx"), "--input-shape", "input:1,1,8,8",
+                "--ratio", "0.5", "--calib", str(CALIB), "--recover", "distill",
+                "--recover-steps", "3", "--no-measure", "--report", str(report))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    recovery = json.loads(report.read_text())["recovery"]
+    assert recovery["steps"] == 3
+    assert recovery["samples"] >= 3 * 32  # samples seen in 3 steps: batches, not single ones

@@ -279,7 +279,11 @@ class ExactPlanner:
         self, counts, status: str, gap: float, predicted: float, message: str = ""
     ) -> ExactResult:
         loss = self._loss(counts)
-        meta = {"predicted_ms": predicted, "status": status, "gap": gap, "importance_loss": loss}
+        # no solver gap (the greedy's plan kept) is null: NaN is not JSON, and a plan saved
+        # with it (--save-plan) could not be read back (--plan)
+        finite_gap = gap if math.isfinite(gap) else None
+        meta = {"predicted_ms": predicted, "status": status, "gap": finite_gap,
+                "importance_loss": loss}  # fmt: skip
         if message:
             meta["message"] = message
         plan = self.base._plan(counts, "latency", meta)
