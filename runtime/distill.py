@@ -43,7 +43,8 @@ from onnx_hwprune.errors import UserError
 from onnx_hwprune.runtime.activations import make_session, with_extra_outputs
 
 __all__ = [
-    "TORCH_EXTRA", "DistillResult", "distill", "distill_targets", "require_torch", "torch_state",
+    "TORCH_EXTRA", "DistillResult", "WriteBackMismatch", "distill", "distill_targets",
+    "require_torch", "torch_state",
 ]  # fmt: skip
 
 logger = logging.getLogger(__name__)
@@ -359,6 +360,10 @@ def _write_back(pruned: onnx.ModelProto, trained: Mapping[str, np.ndarray]) -> o
     return out
 
 
+class WriteBackMismatch(RuntimeError):
+    """The written-back ONNX model does not reproduce the trained module."""
+
+
 def _check_write_back(torch, module, model: onnx.ModelProto, factory: BatchFactory) -> float:
     """Largest output difference, relative to the output scale, between the trained module
     and the written-back model on the first calibration batch; raises above 1e-4."""
@@ -374,5 +379,5 @@ def _check_write_back(torch, module, model: onnx.ModelProto, factory: BatchFacto
         scale = max(1.0, float(np.abs(want).max()))
         worst = max(worst, float(np.abs(value - want).max()) / scale)
     if worst > WRITE_BACK_TOLERANCE:
-        raise RuntimeError(f"distilled weights written back differ from torch by {worst:.2e}")
+        raise WriteBackMismatch(f"distilled weights written back differ from torch by {worst:.2e}")
     return worst

@@ -85,3 +85,25 @@ def test_distill_trains_on_full_batches_when_input_shape_fixes_batch_one(tmp_pat
     recovery = json.loads(report.read_text())["recovery"]
     assert recovery["steps"] == 3
     assert recovery["samples"] >= 3 * 32  # samples seen in 3 steps: batches, not single ones
+
+
+def test_a_distillation_that_does_not_write_back_is_discarded_not_a_traceback(monkeypatch):
+    """PP-OCRv5 rec: after training, the written-back model differed from torch by 3.2e-4
+    and the job ended in a RuntimeError traceback. The model before distillation is kept
+    and the report says why."""
+    import pytest
+
+    pytest.importorskip("torch", reason="the 'torch' extra")
+    from onnx_hwprune.api import prune
+    from onnx_hwprune.runtime import distill
+
+    def mismatch(*args, **kwargs):
+        raise distill.WriteBackMismatch("distilled weights written back differ from torch by 3e-04")
+
+    monkeypatch.setattr(distill, "_check_write_back", mismatch)
+    kept = prune(DIGITS, ratio=0.5, method="uniform", target="mali", calib=CALIB,
+                 recover="lsq", measure=False)  # fmt: skip
+    result = prune(DIGITS, ratio=0.5, method="uniform", target="mali", calib=CALIB,
+                   recover="distill", recover_steps=2, measure=False)  # fmt: skip
+    assert "written back differ" in result.report["recovery"]["discarded"]
+    assert result.model.SerializeToString() == kept.model.SerializeToString()
