@@ -1,11 +1,11 @@
 """No data given: the job's calibration data, synthesised from the model's BatchNorm
 statistics (``runtime/synthesize.py``) and cached.
 
-The synthesis is deterministic (seeded, a fixed number of steps), so its result is
-stored in the tool's cache folder beside the default profile database, keyed by the model at its
-planning shape and the synthesis settings: re-running a job, or another budget for the
-same model, reuses it (PP-OCRv5's direction classifier takes ~1-2 min to synthesise on
-this project's 2-core machine).
+The synthesis is deterministic (seeded, a fixed number of steps), so its result, or its
+failure to converge, is stored in the tool's cache folder beside the default profile
+database, keyed by the model at its planning shape and the synthesis settings: re-running
+a job, or another budget for the same model, reuses it (PP-OCRv5's direction classifier
+takes ~1-2 min to synthesise on this project's 2-core machine).
 """
 
 from __future__ import annotations
@@ -66,8 +66,8 @@ def _cached(opts: PruneOptions, source: onnx.ModelProto) -> tuple[dict | None, d
     if stored is not None:
         return stored
     arrays, info = _synthesise(opts, source)
-    if arrays is not None:
-        _store(path, arrays, info)
+    if arrays is not None or info.get("converged") is False:  # both follow from the model
+        _store(path, arrays or {}, info)
     return arrays, info
 
 
@@ -85,7 +85,7 @@ def _synthesise(opts: PruneOptions, source: onnx.ModelProto) -> tuple[dict | Non
     start, end = info["loss"]
     if end > CONVERGED * start:
         reason = f"no convergence in {info['steps']} steps (loss {start:.3g} -> {end:.3g})"
-        return None, {"used": False, "reason": reason}
+        return None, {"used": False, "converged": False, "reason": reason}
     return arrays, {"used": True, **info}
 
 
@@ -104,7 +104,7 @@ def _load(path: Path) -> tuple[dict, dict] | None:
             arrays = {k: stored[k] for k in stored.files if k != "__info__"}
     except (OSError, ValueError, KeyError):
         return None
-    return arrays, {**info, "cached": True}
+    return (arrays or None), {**info, "cached": True}
 
 
 def _store(path: Path, arrays: dict[str, Any], info: dict) -> None:
