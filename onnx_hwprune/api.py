@@ -179,9 +179,7 @@ def _synthesise(job: _Job) -> _Job:
     calibration data, a third held back for the checks (once per search: the trials reuse
     them). After pricing, so that a bad profile database fails before this work."""
     opts = job.opts
-    if opts.calib is not None or opts.synthetic_data == "off":
-        return job
-    if job.shared.synthetic is None:
+    if job.shared.synthetic is None:  # (None, None, {}) with data given or synthesis off
         job.shared.synthetic = synthetic_calibration(opts, job.source)
     fit, check, info = job.shared.synthetic
     if fit is None:
