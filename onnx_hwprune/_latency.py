@@ -204,8 +204,10 @@ def predicted_section(cost, graph, groups: ChannelGroups, plan: Plan) -> dict[st
 def measured_section(
     backend, models: Mapping[str, onnx.ModelProto], rounds: int = 7
 ) -> dict[str, Any]:
-    """Median ms of each model, timed by the timing protocol in one interleaved run."""
-    from onnx_hwprune.runtime.timing import TimingConfig, measure
+    """Median ms of each model, timed by the timing protocol in one interleaved run; every
+    model after ``"original"`` also gets its paired ``ratio`` to it (per-round time over
+    the original's in the same round, median) and that ratio's ``ratio_spread``."""
+    from onnx_hwprune.runtime.timing import TimingConfig, measure, paired_ratio
 
     runnables = {name: backend.prepare(model) for name, model in models.items()}
     try:
@@ -213,4 +215,10 @@ def measured_section(
     finally:
         for runnable in runnables.values():
             runnable.close()
-    return {name: {"median_ms": t.median_ms, "spread": t.spread} for name, t in timings.items()}
+    out = {name: {"median_ms": t.median_ms, "spread": t.spread} for name, t in timings.items()}
+    base = timings.get("original")
+    for name, timing in timings.items():
+        if base is not None and name != "original":
+            ratio, spread = paired_ratio(timing, base)
+            out[name].update(ratio=ratio, ratio_spread=spread)
+    return out

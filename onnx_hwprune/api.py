@@ -404,8 +404,10 @@ def _sensitivity(opts: PruneOptions, mod: Module, factory, ctx: PassContext) -> 
 
 def _last_measured(last: dict) -> dict:
     s0, s1 = last["spreads"]
-    return {"original": {"median_ms": last["original_ms"], "spread": s0},
-            "pruned": {"median_ms": last["measured_ms"], "spread": s1}}  # fmt: skip
+    ratio = last["measured_ms"] / last["original_ms"]
+    pruned = {"median_ms": last["pruned_median_ms"], "spread": s1, "ratio": ratio,
+              "ratio_spread": last["ratio_spread"]}  # fmt: skip
+    return {"original": {"median_ms": last["original_ms"], "spread": s0}, "pruned": pruned}
 
 
 def _add_sections(report, opts, cost, backend, mod, plan, source, models, rounds=None) -> None:

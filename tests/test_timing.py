@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from onnx_hwprune.runtime.timing import TimingConfig, clock_sampler, measure
+from onnx_hwprune.runtime.timing import TimingConfig, clock_sampler, measure, paired_ratio
 
 
 def _recording(log: list, key: str, seconds: float):
@@ -78,3 +78,31 @@ def test_clock_sampler_uses_the_given_clock():
     ticks = iter([0.0, 0.5])
     sampler = clock_sampler(lambda: None, clock=lambda: next(ticks))
     assert sampler(5) == pytest.approx(0.1)
+
+
+def test_paired_ratio_cancels_load_that_hits_both_alike():
+    """A load that changes between rounds (1x, 3x, 1x, 0.5x) but is the same within one:
+    each model's median and spread move, their per-round ratio does not."""
+    calls = itertools.count()
+    load = (1.0, 3.0, 1.0, 0.5)
+
+    def under_load(ms: float):
+        return lambda number: ms * 1e-3 * load[(next(calls) // 2) % 4]
+
+    # no warm-up beyond one call each (2 calls: rounds then start aligned), no re-measure
+    config = TimingConfig(warmup_s=0.0, rounds=8, max_spread=1e9)
+    got = measure({"a": under_load(1.0), "b": under_load(2.0)}, config)
+    assert got["a"].spread > 0.5 and got["b"].spread > 0.5
+    assert paired_ratio(got["b"], got["a"]) == pytest.approx((2.0, 0.0))
+
+
+def test_paired_ratio_spreads_when_load_differs_within_rounds():
+    noisy = measure({"a": lambda n: 1e-3, "b": iter_sampler([2e-3, 4e-3, 1e-3, 3e-3] * 3)},
+                    TimingConfig(warmup_s=0.0, rounds=8, max_spread=1e9))  # fmt: skip
+    ratio, spread = paired_ratio(noisy["b"], noisy["a"])
+    assert 1.0 <= ratio <= 4.0 and spread > 0.3
+
+
+def iter_sampler(values):
+    it = iter(values)
+    return lambda number: next(it)
