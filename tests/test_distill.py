@@ -59,6 +59,24 @@ def test_distillation_is_deterministic_under_a_seed():
     assert a.SerializeToString() != c.SerializeToString()  # the seed drives augmentation
 
 
+def test_a_wrong_write_back_is_caught(monkeypatch):
+    """The check compares the trained module with the written-back graph: a weight written
+    to the wrong place (here: the first trained tensor reversed) must not pass."""
+    from onnx_hwprune.runtime import distill as distill_module
+
+    model, _, _, pruned, rng = _case(seed=4)
+    factory = calib_factory(_data(rng, 64), model, batch_size=32)
+    real = distill_module._write_back
+
+    def scrambled(graph, trained):
+        name = next(iter(trained))
+        return real(graph, {**trained, name: trained[name][::-1].copy()})
+
+    monkeypatch.setattr(distill_module, "_write_back", scrambled)
+    with pytest.raises(distill_module.WriteBackMismatch):
+        distill(model, pruned, factory, steps=5, lr=1e-2)
+
+
 def test_distillation_stops_at_the_time_bound():
     model, _, _, pruned, rng = _case(seed=2)
     factory = calib_factory(_data(rng, 64), model, batch_size=32)
