@@ -57,7 +57,7 @@ class PruneOptions:
     recover: str | None = None  # None: "auto" when calib is given (resolved_recover)
     ridge: float = 1e-3
     recover_steps: int = 300  # distill: Adam steps at most
-    recover_time: float | None = None  # distill: seconds at most
+    recover_time: float | None = 300.0  # distill: seconds at most (None: steps only)
     eval_data: str | os.PathLike | None = None
     quantize: str | None = None  # "int8": onnxruntime's quantize_static after recovery
     input_shapes: Mapping[str, Sequence[int]] | None = field(default=None)
@@ -155,6 +155,8 @@ class PruneOptions:
             # with --eval the budget is bisected on measured accuracy; with --calib only,
             # --recover auto aims at it on held-back agreement
             raise UserError("--max-accuracy-drop needs --eval or --calib data")
+        if self.recover_time is not None and not self.recover_time > 0:
+            raise UserError(f"--recover-time is in seconds, > 0, got {self.recover_time}")
         if self.recover not in (None, "none") and self.calib is None:
             raise UserError(f"--recover {self.recover} needs calibration data (--calib)")
         if self.sensitivity not in SENSITIVITY_CHOICES:

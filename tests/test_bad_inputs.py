@@ -370,6 +370,8 @@ CASES: list[tuple[str, Build, str]] = [
     ("budget_text", m_out("--latency-budget", "fast"), "budget"),
     ("threads_zero", m_out("--threads", "0"), "positive integer"),
     ("calib_limit_zero", m_out("--calib-limit", "0"), "positive integer"),
+    ("recover_time_zero", m_out("--recover-time", "0"), "--recover-time"),
+    ("recover_time_nan", m_out("--recover-time", "nan"), "--recover-time"),
     ("recover_without_calib", m_out("--ratio", "0.5", "--recover", "lsq"), "needs calibration"),
     ("unknown_option", m_out("--frobnicate"), "unrecognized arguments"),
     ("unknown_target", m_out("--target", "abacus"), "invalid choice"),

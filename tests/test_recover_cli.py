@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from onnx import numpy_helper
 from test_cli import assert_bad_input
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -106,4 +107,35 @@ def test_a_distillation_that_does_not_write_back_is_discarded_not_a_traceback(mo
     result = prune(DIGITS, ratio=0.5, method="uniform", target="mali", calib=CALIB,
                    recover="distill", recover_steps=2, measure=False)  # fmt: skip
     assert "written back differ" in result.report["recovery"]["discarded"]
+    assert result.model.SerializeToString() == kept.model.SerializeToString()
+
+
+def test_a_distillation_worse_than_lsq_on_held_back_samples_is_discarded(monkeypatch):
+    """A training run cut short can make the model worse: explicit --recover distill keeps
+    the lsq model unless the distilled one agrees better on the held-back fifth."""
+    import pytest
+
+    pytest.importorskip("torch", reason="the 'torch' extra")
+    from onnx_hwprune.api import prune
+    from onnx_hwprune.runtime import distill
+
+    real = distill.distill
+
+    def harmful(original, pruned, factory, **kwargs):
+        model, info = real(original, pruned, factory, **kwargs)
+        for tensor in model.graph.initializer:  # training gone wrong: every weight halved
+            if tensor.data_type == 1 and len(tensor.dims) == 4:
+                value = numpy_helper.to_array(tensor) * 0.5
+                tensor.CopyFrom(numpy_helper.from_array(value, tensor.name))
+        return model, info
+
+    monkeypatch.setattr(distill, "distill", harmful)
+    kept = prune(DIGITS, ratio=0.5, method="uniform", target="mali", calib=CALIB,
+                 recover="lsq", measure=False)  # fmt: skip
+    result = prune(DIGITS, ratio=0.5, method="uniform", target="mali", calib=CALIB,
+                   recover="distill", recover_steps=2, measure=False)  # fmt: skip
+    recovery = result.report["recovery"]
+    held = recovery["held_back_agreement"]
+    assert held["distill"] < held["lsq"] and "below lsq's" in recovery["discarded"]
+    assert recovery["held_back"] > 0
     assert result.model.SerializeToString() == kept.model.SerializeToString()

@@ -192,7 +192,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="--recover distill: training steps at most (default 300)",
     )
     data.add_argument(
-        "--recover-time", type=float, metavar="S", help="--recover distill: seconds at most"
+        "--recover-time", type=float, default=300.0, metavar="S",
+        help="--recover distill: training seconds at most (default 300)",
     )  # fmt: skip
     data.add_argument(
         "--eval",
