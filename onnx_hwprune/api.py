@@ -21,7 +21,8 @@ from typing import Any
 import onnx
 
 from onnx_hwprune import _data, _latency
-from onnx_hwprune._dynamic import keep_model_dims, output_section
+from onnx_hwprune._dynamic import keep_model_dims
+from onnx_hwprune._job_report import job_report
 from onnx_hwprune._synthetic import synthetic_calibration
 from onnx_hwprune.errors import NothingToPrice, UserError
 from onnx_hwprune.frontends.onnx import ModelSource, export_model, load_graph, verify_model
@@ -31,7 +32,6 @@ from onnx_hwprune.passes.analysis.channel_groups import ChannelGroupAnalysis
 from onnx_hwprune.passes.analysis.data_importance import DATA_CRITERIA, DataImportance
 from onnx_hwprune.passes.analysis.importance import ChannelImportance
 from onnx_hwprune.passes.analysis.sensitivity import SensitivityAnalysis
-from onnx_hwprune.passes.analysis.stats import model_stats
 from onnx_hwprune.passes.plan.latency import SnapPass
 from onnx_hwprune.passes.plan.methods import PlanRequest, get_method
 from onnx_hwprune.passes.transform.bias_compensation import (
@@ -40,7 +40,6 @@ from onnx_hwprune.passes.transform.bias_compensation import (
     compensation_deltas,
 )
 from onnx_hwprune.passes.transform.remove_channels import RemoveChannels, kept_positions
-from onnx_hwprune.report import build_report
 
 __all__ = ["PruneResult", "prune", "planning_passes"]
 
@@ -115,7 +114,7 @@ def prune_once(
         if job.reason:  # nothing to prune or to price: not bad input, the model stays
             report = {"options": opts.to_json(), "reason": job.reason}
             return PruneResult(None, None, report, job.reason)
-    return PruneResult(job.written, job.planned.plan, _report(job))
+    return PruneResult(job.written, job.planned.plan, job_report(job))
 
 
 @dataclass
@@ -296,32 +295,6 @@ PIPELINE: tuple[tuple[str, Callable[[_Job], _Job]], ...] = (
 """One pruning job, step by step; each step reads the job so far and returns a new one."""
 
 
-def _report(job: _Job) -> dict[str, Any]:
-    """The report, section by section, from what the steps produced."""
-    opts, mod, plan = job.opts, job.mod, job.planned.plan
-    report = build_report(mod.groups, plan, model_stats(mod.graph),
-                          model_stats(job.pruned_graph), opts.to_json())  # fmt: skip
-    models = (job.out, job.written)
-    _add_sections(report, opts, job.cost, job.backend, mod, plan, job.source, models, job.rounds)
-    if job.rounds is not None:
-        report["latency"]["closed_loop"] = job.rounds
-    if job.pruned_float is not None:
-        _add_quantize_section(report, opts, job.source, job.pruned_float, job.written)
-    if job.recovery is not None:
-        report["recovery"] = job.recovery
-    if mod.sensitivity is not None:
-        report["sensitivity"] = mod.sensitivity.summary()
-    report["output"] = output_section(job.written, job.kept)
-    if job.latency_note and "predicted" not in report.get("latency", {}):
-        report.setdefault("latency", {})["note"] = job.latency_note
-    if job.comp is not None:
-        report["bias_compensation"] = job.comp.summary()
-    if job.synthetic:
-        report["synthetic_data"] = job.synthetic
-    _add_fidelity(report, job.source, job.written, job.factory, job.held_back)
-    return report
-
-
 def _cost_model(opts: PruneOptions, source: onnx.ModelProto, progress, pricing):
     """(cost model, backend, note). Planning by latency needs the cost model. The
     hardware-blind methods are timed too (original and result, interleaved: cheap), and
@@ -336,21 +309,6 @@ def _cost_model(opts: PruneOptions, source: onnx.ModelProto, progress, pricing):
         return (*_latency.baseline_latency(opts, source), _latency.BASELINE_NOTE)
     except UserError as exc:
         return None, None, f"latency not predicted or measured: {exc}"
-
-
-def _add_fidelity(report: dict, source, written, factory, held_back: dict | None) -> None:
-    """Checked on the calibration data, or on the held-back synthesised inputs."""
-    from onnx_hwprune.runtime.fidelity import fidelity_section
-
-    label = None
-    if held_back is not None:
-        n = len(next(iter(held_back.values())))
-        label = f"{n} held-back inputs synthesised from the model's BatchNorm statistics"
-        batches = [{k: v[i : i + 1] for k, v in held_back.items()} for i in range(n)]
-        factory = lambda: batches  # noqa: E731
-    section = fidelity_section(source, written, factory, label)
-    if section is not None:
-        report["fidelity"] = section
 
 
 def _compensation(opts: PruneOptions, planned: Module) -> Compensation | None:
@@ -400,39 +358,6 @@ def _sensitivity(opts: PruneOptions, mod: Module, factory, ctx: PassContext) -> 
     """Measured refit error per group and count: the budget planners' objective."""
     tensors = _data.tensors(factory, ctx.get("plan.sensitivity_samples"))
     return SensitivityAnalysis()(mod, replace(ctx, tensors=tensors))
-
-
-def _last_measured(last: dict) -> dict:
-    s0, s1 = last["spreads"]
-    ratio = last["measured_ms"] / last["original_ms"]
-    pruned = {"median_ms": last["pruned_median_ms"], "spread": s1, "ratio": ratio,
-              "ratio_spread": last["ratio_spread"]}  # fmt: skip
-    return {"original": {"median_ms": last["original_ms"], "spread": s0}, "pruned": pruned}
-
-
-def _add_sections(report, opts, cost, backend, mod, plan, source, models, rounds=None) -> None:
-    """Latency predicted and measured (``models``: the model as planned and as written)."""
-    (out, written), latency = models, {}
-    if cost is not None:
-        latency["predicted"] = _latency.predicted_section(cost, mod.graph, mod.groups, plan)
-    if opts.measure and backend is not None and rounds:  # the loop's last measurement
-        latency["measured"] = _last_measured(next(r for r in rounds if r.get("kept")))
-    elif opts.measure and backend is not None:
-        latency["measured"] = _latency.measured_section(
-            backend, {"original": source, "pruned": out}
-        )
-    if latency:
-        report["latency"] = latency
-    if opts.eval_data is not None:
-        report["accuracy"] = _data.accuracy_section(opts, source, written)
-
-
-def _add_quantize_section(report, opts, source, pruned_float, out) -> None:
-    from onnx_hwprune.runtime.quantize import quantization_summary
-
-    report["quantize"] = quantization_summary(opts.quantize)
-    if opts.eval_data is not None:
-        report["accuracy"] = _data.accuracy_section(opts, source, out, pruned_float)
 
 
 def _frozen_summary(mod: Module) -> str:

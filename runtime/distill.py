@@ -51,6 +51,7 @@ logger = logging.getLogger(__name__)
 
 TORCH_EXTRA = "pip install 'onnx-hwprune[torch]'"
 WRITE_BACK_TOLERANCE = 1e-4
+ROUNDING_FACTOR = 10.0  # see _check_write_back
 _TRAINED_INPUTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "PRelu": (1,)}
 _TRAINED_INPUTS["BatchNormalization"] = (1, 2)
 
@@ -76,6 +77,7 @@ class DistillResult:
     samples: int = 0
     loss: list[float] = field(default_factory=list)  # [first step's, mean of the last 10]
     write_back_error: float = 0.0
+    converter_error: float = 0.0  # the same comparison before training: float rounding
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -84,6 +86,7 @@ class DistillResult:
             "samples": self.samples,
             "loss": [round(v, 6) for v in self.loss],
             "write_back_error": self.write_back_error,
+            "converter_error": self.converter_error,
         }
 
 
@@ -165,13 +168,15 @@ def distill(
         module = OnnxModule(fold_static_shapes(student_model, first), fold_bn=False)
         shape = {k: v.shape for k, v in first.items()}
         params = _trainable(module, trainable_initializers(pruned))
+        result.converter_error = _discrepancy(torch, module, pruned, first, names)
         optimizer = torch.optim.Adam([p for _, p in params], lr=lr)
         batches = _same_shape(factory, shape)
         _train(torch, module, teacher, names, features, batches, optimizer, steps, time_limit,
                np.random.default_rng(seed), augment, result, progress)  # fmt: skip
         trained = {name: p.detach().cpu().numpy() for name, p in params}
         out = _write_back(pruned, trained)
-        result.write_back_error = _check_write_back(torch, module, out, factory, names)
+        result.write_back_error = _discrepancy(torch, module, out, first, names)
+        _check_write_back(result)
     return out, result
 
 
@@ -365,19 +370,11 @@ class WriteBackMismatch(RuntimeError):
     """The written-back ONNX model does not reproduce the trained module."""
 
 
-def _check_write_back(
-    torch, module, model: onnx.ModelProto, factory: BatchFactory, names: Sequence[str]
-) -> float:
-    """Largest difference, relative to each tensor's largest magnitude, between the trained
-    module and the written-back model on the first calibration batch, over the tensors
-    training matched (``names``: the logits where a Softmax follows); raises above 1e-4.
-
-    Not the Softmax after them: it only squashes, and on a trained network's sharp logits
-    float32 rounding alone moved PP-OCRv5 rec's probabilities by 3.2e-4 (its logits by
-    3e-6 of their scale), where a weight written to the wrong place moves either by O(1).
-    """
-    batch = dict(next(iter(factory())))
-    got = make_session(with_extra_outputs(model, names)).run(list(names), batch)
+def _discrepancy(torch, module, model: onnx.ModelProto, batch, names: Sequence[str]) -> float:
+    """Largest difference between ``module`` and ``model`` in onnxruntime on ``batch``,
+    relative to each tensor's largest magnitude, over ``names`` (the tensors training
+    matched: the logits where a Softmax follows, whose squashing would hide an error)."""
+    got = make_session(with_extra_outputs(model, names)).run(list(names), dict(batch))
     with torch.no_grad():
         inputs = [torch.from_numpy(np.ascontiguousarray(batch[n])) for n in module.input_names]
         outs = dict(zip(module.output_names, module(*inputs), strict=True))
@@ -386,6 +383,19 @@ def _check_write_back(
         want = outs[name].numpy()
         scale = max(1e-6, float(np.abs(want).max()))
         worst = max(worst, float(np.abs(value - want).max()) / scale)
-    if worst > WRITE_BACK_TOLERANCE:
-        raise WriteBackMismatch(f"distilled weights written back differ from torch by {worst:.2e}")
     return worst
+
+
+def _check_write_back(result: DistillResult) -> None:
+    """The written-back model must compute what the trained module computes: within
+    :data:`WRITE_BACK_TOLERANCE`, or within :data:`ROUNDING_FACTOR` times what torch and
+    onnxruntime already differed by before training, whichever is larger. Deep real
+    networks differ by float rounding alone (PP-OCRv5 det's sigmoid map: 5.2e-5 before
+    training, 1.6e-4 after; rec's logits 3e-6, then 3.3e-5); a weight written to the
+    wrong place moves the outputs by O(1)."""
+    limit = max(WRITE_BACK_TOLERANCE, ROUNDING_FACTOR * result.converter_error)
+    if result.write_back_error > limit:
+        raise WriteBackMismatch(
+            f"distilled weights written back differ from torch by {result.write_back_error:.2e}"
+            f" (before training: {result.converter_error:.2e})"
+        )
