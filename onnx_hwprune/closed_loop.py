@@ -42,7 +42,7 @@ MAX_ROUNDS = 3
 TOLERANCE = 0.03
 UNDERSHOOT = 0.05  # issue 16's band: within 5% of the budget, either way
 MAX_SPREAD = 0.10
-MEASURE_ROUNDS = 7  # measured_section's default
+MEASURE_ROUNDS = 7  # interleaved rounds per timing (twice that for a second timing)
 
 Attempt = Callable[[Any], tuple[Any, Any, Any]]
 """``attempt(ctx) -> (planned module, pruned module, pruned model)``: plan on
@@ -93,7 +93,7 @@ def _measure(backend, original, pruned) -> dict[str, Any]:
     from onnx_hwprune._latency import measured_section
 
     models = {"original": original, "pruned": pruned}
-    got = measured_section(backend, models)
+    got = measured_section(backend, models, rounds=MEASURE_ROUNDS)
     if got["pruned"]["ratio_spread"] > MAX_SPREAD:
         log.info(
             "closed loop: paired ratio spread %.0f%%, timing again",
