@@ -109,6 +109,21 @@ def test_implausible_spread_is_said():
     assert not any("WARNING" in line for line in _latency_lines({"latency": latency}))
 
 
+def test_paired_ratio_is_the_speedup_and_its_spread_decides_the_warning():
+    """Timings that spread 30% each, whose per-round ratio spread 2%: load that hit both
+    alike. The summary gives the paired speedup and warns of nothing."""
+    from onnx_hwprune.report import _latency_lines
+
+    pruned = {"median_ms": 6.0, "spread": 0.3, "ratio": 0.5, "ratio_spread": 0.02}
+    measured = {"original": {"median_ms": 10.0, "spread": 0.3}, "pruned": pruned}
+    lines = _latency_lines({"latency": {"measured": measured}})
+    assert any("(2.00x paired per round, spread 2%)" in line for line in lines)
+    assert not any("WARNING" in line for line in lines)
+    measured["pruned"]["ratio_spread"] = 0.25
+    assert any("paired per-round ratio spread 25%" in line for line in _latency_lines(
+        {"latency": {"measured": measured}}))  # fmt: skip
+
+
 class NoisyOverhead(OverheadMachine):
     """The overhead machine, quiet while profiling and anchoring (the first two networks
     timed), then with whole-network samples cycling through 1, 1.5, 1, 0.6 times their
