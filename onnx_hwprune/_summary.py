@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["provenance_lines", "budget_lines", "guard_lines", "MISS_TOLERANCE"]
+__all__ = ["provenance_lines", "budget_lines", "guard_lines", "recovery_lines", "MISS_TOLERANCE"]
 
 MISS_TOLERANCE = 0.05  # a measured result more than 5% over the budget is called a miss
 AGREEMENT_FLOOR = 0.9  # below this top-1 agreement (or cosine) the summary warns loudly
@@ -40,6 +40,7 @@ def budget_lines(report: dict[str, Any]) -> list[str]:
     measured = report.get("latency", {}).get("measured")
     if measured and full:
         m0, m1 = measured["original"]["median_ms"], measured["pruned"]["median_ms"]
+        m1 = m0 * measured["pruned"].get("ratio", m1 / m0)  # the paired estimate, if any
         target = budget / full * m0  # the budget as a share of the original, as measured
         if m1 > target * (1 + MISS_TOLERANCE):
             lines.append(
@@ -53,10 +54,32 @@ def guard_lines(report: dict[str, Any]) -> list[str]:
     return (
         _synthetic_lines(report)
         + _search_lines(report)
+        + recovery_lines(report)
         + _fidelity_lines(report)
         + _compensation_lines(report)
         + _output_lines(report)
     )
+
+
+def recovery_lines(report: dict[str, Any]) -> list[str]:
+    """Which recovery ran, what it cost and bought, and what it threw away."""
+    rec = report.get("recovery")
+    if not rec:
+        return []
+    if "tried" in rec:  # --recover auto
+        tried = ", ".join(f"{t['method']} {100 * t['agreement']:.1f}%" for t in rec["tried"])
+        return [f"recovery: auto chose {rec['method']} (agreement on {rec['held_samples']} "
+                f"held-back samples: {tried})"]  # fmt: skip
+    line = f"recovery: {rec['method']} in {rec.get('seconds', 0):.0f} s"
+    if rec["method"] == "distill" and "steps" in rec:
+        line += f" ({rec['steps']} steps after lsq's {rec.get('lsq_seconds', 0):.0f} s)"
+    before, after = rec.get("agreement_on_calibration", [None, None])
+    if before is not None:
+        line += f", agreement on the calibration data {100 * before:.1f}% -> {100 * after:.1f}%"
+    lines = [line]
+    if "discarded" in rec:
+        lines.append(f"  distillation discarded, the lsq model kept: {rec['discarded']}")
+    return lines
 
 
 def _synthetic_lines(report: dict[str, Any]) -> list[str]:

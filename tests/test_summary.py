@@ -38,3 +38,21 @@ def test_fidelity_warning_and_output_shapes_are_shown():
     lines = guard_lines(report)
     assert "WARNING: moved" in lines
     assert "OUT accepts: x [batch, 3, H, W] (kept)" in lines
+
+
+def test_recovery_is_summarised_with_what_it_bought_and_what_it_discarded():
+    from onnx_hwprune._summary import recovery_lines
+
+    distill = {"method": "distill", "seconds": 403.4, "steps": 300, "lsq_seconds": 136.0,
+               "agreement_on_calibration": [0.5244, 0.9824]}  # fmt: skip
+    (line,) = recovery_lines({"recovery": distill})
+    assert line.startswith("recovery: distill in 403 s (300 steps after lsq's 136 s)")
+    assert line.endswith("52.4% -> 98.2%")
+    distill["discarded"] = "held-back agreement 0.9000 below lsq's 0.9500"
+    assert "discarded, the lsq model kept: held-back" in recovery_lines({"recovery": distill})[1]
+    auto = {"method": "lsq", "held_samples": 52, "tried": [
+        {"method": "bias", "agreement": 0.69}, {"method": "lsq", "agreement": 0.98}]}  # fmt: skip
+    (line,) = recovery_lines({"recovery": auto})
+    assert line == ("recovery: auto chose lsq (agreement on 52 held-back samples: "
+                    "bias 69.0%, lsq 98.0%)")  # fmt: skip
+    assert recovery_lines({}) == []
