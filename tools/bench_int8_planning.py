@@ -32,7 +32,7 @@ from onnx_hwprune.api import prune
 from onnx_hwprune.frontends.calib import calib_factory
 from onnx_hwprune.runtime.quantize import quantize_int8
 from onnx_hwprune.runtime.targets import get_target
-from onnx_hwprune.runtime.timing import TimingConfig, measure
+from onnx_hwprune.runtime.timing import TimingConfig, measure, paired_ratio
 from onnx_hwprune.testing import networks
 
 
@@ -70,7 +70,9 @@ def _time(models: dict, threads: int, repeats: int) -> dict[str, tuple[float, fl
     finally:
         for r in runnables.values():
             r.close()
-    return {k: (statistics.median(r[k].median_ms for r in runs), max(r[k].spread for r in runs))
+    base = "int8 original"
+    return {k: (statistics.median(r[k].median_ms for r in runs), max(r[k].spread for r in runs),
+                statistics.median(paired_ratio(r[base], r[k])[0] for r in runs))
             for k in models}  # fmt: skip
 
 
@@ -79,7 +81,8 @@ def _loop(report: dict) -> str:
     rounds = report.get("latency", {}).get("closed_loop") or []
     return "; ".join(
         f"round {r['round']}: predicted {r['predicted_ms']:.2f}, measured {r['measured_ms']:.2f}"
-        f" vs budget {r['budget_ms']:.2f} (spreads {max(r['spreads']):.0%})"
+        f" vs budget {r['budget_ms']:.2f} (spreads {max(r['spreads']):.0%},"
+        f" paired {r.get('ratio_spread', float('nan')):.0%})"
         + (" kept" if r.get("kept") else "")
         + (f" [{r['note']}]" if r.get("note") else "")
         for r in rounds
@@ -100,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
     print(f"cpu, {args.threads} thread(s), budget {args.budget}, input {args.size}x{args.size}; "
-          f"ms: median of {args.repeats} interleaved runs (spread: worst IQR/median)")  # fmt: skip
+          f"ms: median of {args.repeats} interleaved runs (spread: worst IQR/median); speed: "
+          "int8 original / model, paired per round, median over runs")  # fmt: skip
     print("| network | model | MACs kept | ms | spread | vs int8 original |")
     print("|---|---|---|---|---|---|")
     for net in args.nets:
@@ -112,10 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         for label, report in (("int8 plan", int8_report), ("float plan", float_report)):
             print(f"<!-- {net} {label}: {_loop(report)} -->")
         times = _time(jobs, args.threads, args.repeats)
-        base = times["int8 original"][0]
-        for name, (ms, spread) in times.items():
+        for name, (ms, spread, speed) in times.items():
             share = f"{kept[name]:.1%}" if name in kept else "100%"
-            print(f"| {net} | {name} | {share} | {ms:.3f} | {spread:.0%} | {base / ms:.2f}x |")
+            print(f"| {net} | {name} | {share} | {ms:.3f} | {spread:.0%} | {speed:.2f}x |")
         sys.stdout.flush()
     return 0
 
