@@ -144,7 +144,7 @@ def distill(
         factory: calibration batches, read once per epoch (see ``frontends.calib.calib_factory``).
         steps, time_limit: stop after this many Adam steps or seconds, whichever first.
         lr: Adam learning rate (scaled per tensor by Adam itself). 3e-4: on PP-OCRv5's
-            direction classifier 1e-3 undid lsq's repair on 256 lines (README, *Recovery*).
+            direction classifier 1e-3 undid lsq's repair on 1,024 lines (README, *Recovery*).
         augment: random shifts and noise on 4-D image inputs (no flips: see _augment).
         features: ``{tensor: kept original channels}`` also matched (e.g. pruned groups'
             activations); the pruned tensor holds those channels of the original one.
