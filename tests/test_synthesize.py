@@ -135,3 +135,18 @@ def test_a_synthesis_that_does_not_converge_is_cached_too(monkeypatch, tmp_path)
     assert [r["synthetic_data"].get("cached", False) for r in reports] == [False, True]
     assert all("no convergence" in r["synthetic_data"]["reason"] for r in reports)
     assert all("N(0,1)" in r["fidelity"]["data"] for r in reports)
+
+
+def test_a_model_whose_activations_would_not_fit_is_refused_before_any_step(monkeypatch):
+    """48 samples of DenseNet-121 at 224x224 held 15.8 GB: such a model is refused with the
+    estimate, before torch allocates anything."""
+    from onnx_hwprune.runtime import synthesize as synth
+
+    model = onnx.load(DIGITS)
+    per_sample = synth.activation_bytes(model)
+    assert per_sample > 0
+    monkeypatch.setattr(synth, "MEMORY_LIMIT", 10 * per_sample)
+    with pytest.raises(synth.TooSlow, match="would hold about .* GB of activations"):
+        synth.synthesize(model, samples=11, steps=1)
+    arrays, _ = synth.synthesize(model, samples=9, steps=1)  # under the limit: runs
+    assert next(iter(arrays.values())).shape[0] == 9
