@@ -161,7 +161,10 @@ def activation_bytes(model: onnx.ModelProto) -> int:
     inference; unknown shapes count 0). Synthesis runs every sample in one batch and keeps
     them for the backward pass: on the light zoo's DenseNet-121 at 224x224, 48 samples
     estimated 15.4 GB and the process peaked at 15.8 GB (then refused the run as too slow)."""
-    inferred = onnx.shape_inference.infer_shapes(model)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except (ValueError, onnx.shape_inference.InferenceError):  # over 2 GB, or a bad graph
+        inferred = model  # the shapes it carries (the frontend stores them)
     total = 0
     for value in [*inferred.graph.value_info, *inferred.graph.output]:
         tensor = value.type.tensor_type

@@ -150,3 +150,18 @@ def test_a_model_whose_activations_would_not_fit_is_refused_before_any_step(monk
         synth.synthesize(model, samples=11, steps=1)
     arrays, _ = synth.synthesize(model, samples=9, steps=1)  # under the limit: runs
     assert next(iter(arrays.values())).shape[0] == 9
+
+
+def test_activation_estimate_survives_a_model_shape_inference_refuses(monkeypatch):
+    """A model over 2 GB makes onnx's shape inference raise: the estimate then reads the
+    shapes the model carries instead of ending the job in a traceback."""
+    from onnx_hwprune.runtime import synthesize as synth
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(DIGITS))
+    want = synth.activation_bytes(model)
+
+    def refuse(_model):
+        raise ValueError("Message onnx.ModelProto exceeds maximum protobuf size of 2GB")
+
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", refuse)
+    assert synth.activation_bytes(model) == want > 0
