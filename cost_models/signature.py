@@ -30,7 +30,14 @@ from dataclasses import asdict, dataclass, field
 
 import onnx_graphsurgeon as gs
 
-__all__ = ["LAYER_OPS", "Layer", "LayerSignature", "extract_layers", "layer_shapes"]
+__all__ = [
+    "LAYER_OPS",
+    "Layer",
+    "LayerSignature",
+    "extract_layers",
+    "int8_layout",
+    "layer_shapes",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +68,11 @@ class LayerSignature:
             attributes (Clip min/max, LeakyRelu alpha...).
         output_padding: ConvTranspose only.
         groups: the group count of a ``grouped`` conv (0 elsewhere).
+        layout: ``nhwc`` for an int8 conv that onnxruntime runs as its channels-last
+            QLinearConv (see :func:`int8_layout`), ``""`` elsewhere. Its micro-benchmark
+            is that bare kernel; the int8 profiles stored before it was set timed a QDQ
+            model with its own quantize, transposes and dequantize, which the network
+            pays once, not per layer, so they stay apart under their old keys.
     """
 
     op: str
@@ -80,14 +92,16 @@ class LayerSignature:
     activation_params: tuple[float, ...] = ()
     output_padding: tuple[int, ...] = field(default=())
     groups: int = 0
+    layout: str = ""
 
     def to_dict(self) -> dict:
-        """Plain JSON-able dict (tuples become lists); ``groups`` only where set, so the
-        keys of every other signature (and the profiles stored under them) stay valid."""
+        """Plain JSON-able dict (tuples become lists); ``groups`` and ``layout`` only
+        where set, so the keys of every other signature (and the profiles stored under
+        them) stay valid."""
         return {
             k: list(v) if isinstance(v, tuple) else v
             for k, v in asdict(self).items()
-            if k != "groups" or v
+            if k not in ("groups", "layout") or v
         }
 
     @classmethod
@@ -164,6 +178,7 @@ def _layer_of(node: gs.Node, graph_inputs: set[str], graph_outputs: set[str]) ->
         if sig is None:
             return None
     last, sig = _fused_epilogue(node, sig)
+    sig = _replace(sig, layout=int8_layout(sig))
     return Layer(
         node=node.name,
         signature=sig,
@@ -257,6 +272,20 @@ def _fused_epilogue(node: gs.Node, sig: LayerSignature) -> tuple[gs.Node, LayerS
         ) + tuple(float(v) for k, v in sorted(act.attrs.items()) if isinstance(v, float))
         last, sig = act, _replace(sig, activation=act.op, activation_params=params)
     return last, sig
+
+
+def int8_layout(sig: LayerSignature) -> str:
+    """``nhwc`` where onnxruntime's CPU provider runs the layer as its channels-last int8
+    QLinearConv: an int8 Conv whose activation is absent or clamps at zero, which the
+    output QuantizeLinear absorbs (zero point 0). The network transposes to channels-last
+    once at its input and keeps int8 between layers; other activations keep a float
+    kernel between a dequantize and a quantize."""
+    if sig.op != "Conv" or sig.dtype not in ("int8", "uint8"):
+        return ""
+    clamps = sig.activation == "Relu" or (
+        sig.activation == "Clip" and (sig.activation_params or (0.0,))[0] == 0
+    )
+    return "nhwc" if clamps or not sig.activation else ""
 
 
 def _sole_users(node: gs.Node) -> list[gs.Node]:

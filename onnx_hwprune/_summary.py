@@ -25,6 +25,13 @@ def provenance_lines(provenance: list[dict[str, int] | None] | None) -> list[str
     return [line]
 
 
+def measured_ratio(measured: dict[str, Any]) -> float:
+    """pruned/original latency of a report's ``latency.measured``: the paired per-round
+    ratio where both were timed in one run, else the ratio of their medians."""
+    m0, m1 = measured["original"], measured["pruned"]
+    return m1.get("ratio", m1["median_ms"] / m0["median_ms"])
+
+
 def budget_lines(report: dict[str, Any]) -> list[str]:
     """Budget not reachable (predicted), or missed by more than 5% (measured)."""
     meta = report.get("plan", {}).get("meta", {})
@@ -39,8 +46,8 @@ def budget_lines(report: dict[str, Any]) -> list[str]:
         )
     measured = report.get("latency", {}).get("measured")
     if measured and full:
-        m0, m1 = measured["original"]["median_ms"], measured["pruned"]["median_ms"]
-        m1 = m0 * measured["pruned"].get("ratio", m1 / m0)  # the paired estimate, if any
+        m0 = measured["original"]["median_ms"]
+        m1 = m0 * measured_ratio(measured)
         target = budget / full * m0  # the budget as a share of the original, as measured
         if m1 > target * (1 + MISS_TOLERANCE):
             lines.append(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from onnx_hwprune._summary import budget_lines, guard_lines, provenance_lines
+from onnx_hwprune._summary import budget_lines, guard_lines, measured_ratio, provenance_lines
 from onnx_hwprune._version import __version__
 from onnx_hwprune.passes.analysis.groups import ChannelGroups
 from onnx_hwprune.passes.analysis.stats import ModelStats
@@ -93,7 +93,7 @@ def _latency_lines(report: dict[str, Any]) -> list[str]:
     measured = latency.get("measured")
     if measured:
         m0, m1 = measured["original"], measured["pruned"]
-        ratio = m1.get("ratio", m1["median_ms"] / m0["median_ms"])
+        ratio = measured_ratio(measured)
         lines.append(
             f"latency measured here:  {m0['median_ms']:.3f} ms{_spread(m0)}"
             f" -> {m1['median_ms']:.3f} ms{_spread(m1)} ({1 / ratio:.2f}x{_paired(m1)})"

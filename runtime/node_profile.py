@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import statistics
 import tempfile
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ __all__ = ["InContextProfile", "attribute_to_layers", "profile_nodes", "profile_
 
 logger = logging.getLogger(__name__)
 
+_TOKEN = re.compile(r"_token_\d+$")
 _EPILOGUE_OPS = ("BatchNormalization", "Relu", "Clip", "LeakyRelu", "Add", "Sum", "HardSigmoid")
 
 
@@ -125,6 +127,9 @@ def attribute_to_layers(
     raw = dict.fromkeys(layers, 0.0)
     other = 0.0
     for name, ms in node_ms.items():
+        # The QDQ fusion names the QLinearConv it made of a conv "<conv>_token_<n>"
+        # (without this, an int8 model's layers had no in-context time at all).
+        name = name if name in owner else _TOKEN.sub("", name)
         if name in owner:
             raw[owner[name]] += ms
         else:

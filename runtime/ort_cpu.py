@@ -57,7 +57,11 @@ def random_feeds(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]
         ttype = inp.type.tensor_type
         shape = [d.dim_value if d.dim_value > 0 else 1 for d in ttype.shape.dim]
         dtype = _NP_TYPES.get(ttype.elem_type, np.float32)
-        feeds[inp.name] = rng.standard_normal(shape).astype(dtype)
+        if dtype in (np.uint8, np.int8):  # quantized activations: every code, no casts
+            info = np.iinfo(dtype)
+            feeds[inp.name] = rng.integers(info.min, info.max, shape, endpoint=True, dtype=dtype)
+        else:
+            feeds[inp.name] = rng.standard_normal(shape).astype(dtype)
     return feeds
 
 

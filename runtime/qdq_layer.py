@@ -8,6 +8,14 @@ QuantizeLinear(uint8) -> DequantizeLinear``. onnxruntime's CPU provider fuses th
 its int8 kernel (QLinearConv / MatMulInteger-based), whose blocking differs from the float
 kernels: the staircase is measured, never assumed.
 
+A conv whose signature has ``layout == "nhwc"`` is timed as that kernel alone:
+onnxruntime's channels-last ``com.microsoft.QLinearConv`` with uint8 input and output in
+NHWC, exactly the node its QDQ fusion and layout transform leave in the network. The QDQ
+one-layer model around it also quantizes, transposes (twice) and dequantizes its whole
+input and output, which the network does once at its boundary, not per layer: measured
+here (one thread), 5-18% of a 3x3 conv's time and 55-65% of a depthwise or narrow 1x1
+conv's, which flattened the int8 staircases and made the planner credit pruning too little.
+
 The scales are fixed, not calibrated: they change values, not the kernel that runs.
 """
 
@@ -28,10 +36,13 @@ _X_SCALE, _Y_SCALE = 4.0 / 255, 0.05  # inputs ~ N(0, 1); outputs within +-6
 
 
 def qdq_layer_model(sig: LayerSignature, in_ch: int, out_ch: int, seed: int = 0) -> onnx.ModelProto:
-    """The int8 (QDQ) version of the one-layer model of ``sig`` at (in, out) channels."""
+    """The int8 version of the one-layer model of ``sig`` at (in, out) channels: the bare
+    channels-last kernel for ``layout == "nhwc"``, else the QDQ model."""
     from onnx_hwprune.runtime.microbench import build_layer_model
 
-    model = build_layer_model(replace(sig, dtype="float32"), in_ch, out_ch, seed=seed)
+    model = build_layer_model(replace(sig, dtype="float32", layout=""), in_ch, out_ch, seed=seed)
+    if sig.layout == "nhwc":
+        return _nhwc_kernel_model(model, _clamps_at_zero(sig))
     graph = model.graph
     inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     main = graph.node[0]
@@ -60,6 +71,34 @@ def qdq_layer_model(sig: LayerSignature, in_ch: int, out_ch: int, seed: int = 0)
     nodes += [main_new, *rest, *_qdq(last, "out", "y")]
     kept = [t for t in graph.initializer if t.name not in ("W", "B")]
     return _finish(model, nodes, [*kept, *new_inits])
+
+
+def _nhwc_kernel_model(model: onnx.ModelProto, output_at_zero: bool) -> onnx.ModelProto:
+    """``model``'s conv as ``com.microsoft.QLinearConv`` (channels_last) on uint8 NHWC."""
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    conv = model.graph.node[0]
+    new_inits = _scalars(output_at_zero)
+    w_scale = _quantize_weight(inits["W"], 0, new_inits)
+    inputs = ["x", "x_s", "x_zp", "W_q", "W_s", "W_zp", "y_s", "y_zp"]
+    if "B" in inits:
+        b_scale = (_X_SCALE * w_scale).astype(np.float64)
+        b_q = np.round(inits["B"].astype(np.float64) / b_scale).astype(np.int32)
+        new_inits.append(numpy_helper.from_array(b_q, "B_q"))
+        inputs.append("B_q")
+    node = helper.make_node(
+        "QLinearConv", inputs, ["y"], name="layer", domain="com.microsoft", channels_last=1
+    )
+    node.attribute.extend(a for a in conv.attribute if a.name != "channels_last")
+    n, c, *spatial = (d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim)
+    out_dims = [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim]
+    x = helper.make_tensor_value_info("x", TensorProto.UINT8, [n, *spatial, c])
+    y_shape = [out_dims[0], *out_dims[2:], out_dims[1]]
+    y = helper.make_tensor_value_info("y", TensorProto.UINT8, y_shape)
+    graph = helper.make_graph([node], "layer_int8_nhwc", [x], [y], new_inits)
+    opsets = [*model.opset_import, helper.make_opsetid("com.microsoft", 1)]
+    out = helper.make_model(graph, opset_imports=opsets)
+    out.ir_version = model.ir_version
+    return out
 
 
 def _clamps_at_zero(sig: LayerSignature) -> bool:

@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from corpus import CORPUS, CorpusModel, corpus_model  # noqa: E402
 
+from onnx_hwprune._summary import measured_ratio  # noqa: E402
 from onnx_hwprune.cli import main  # noqa: E402
 
 DIGITS = CorpusModel("digits", ROOT / "examples" / "digits_resnet.onnx", None)
@@ -56,12 +57,6 @@ def task_metric(name: str, model: Path) -> str | None:
     return f"accuracy {100 * accuracy(str(model), 200):.2f}%"
 
 
-def _measured_ratio(measured: dict) -> float:
-    """pruned/original: the paired per-round ratio where the report has one."""
-    pruned = measured["pruned"]
-    return pruned.get("ratio", pruned["median_ms"] / measured["original"]["median_ms"])
-
-
 def run_one(name: str, work: Path, extra: list[str]) -> dict:
     model = DIGITS if name == "digits" else corpus_model(name, work)
     out, report = work / f"{name}.pruned.onnx", work / f"{name}.report.json"
@@ -88,7 +83,7 @@ def row(result: dict) -> str:
     pred = lat.get("predicted", {}).get("network_ms")
     meas = lat.get("measured")
     pred_s = f"{pred[0] / pred[1]:.2f}x" if pred else "-"
-    meas_s = f"{1 / _measured_ratio(meas):.2f}x" if meas else "-"
+    meas_s = f"{1 / measured_ratio(meas):.2f}x" if meas else "-"
     fid = rep.get("fidelity", {})
     cos = f"{fid['cosine']:.3f}" if fid else "-"
     search = rep.get("accuracy_search", {})
