@@ -1,6 +1,7 @@
 """Post-training int8 quantization with onnxruntime's own quantizer.
 
 The tool does not quantize by itself: ``onnxruntime.quantization.quantize_static`` does,
+on the model with its BatchNorms folded into their convs (``bn_fold.py``),
 in QDQ format with per-channel int8 weights and uint8 activations (onnxruntime's
 recommended U8S8 pair on x86; its CPU provider fuses each DequantizeLinear -> op ->
 QuantizeLinear into an int8 kernel), calibrated with MinMax on the same calibration
@@ -100,10 +101,14 @@ def quantize_int8(model: onnx.ModelProto, factory: BatchFactory) -> onnx.ModelPr
     class Reader(_Reader, CalibrationDataReader):
         pass
 
+    from onnx_hwprune.runtime.bn_fold import fold_batchnorm
+
     names = {i.name for i in model.graph.input} - {t.name for t in model.graph.initializer}
     with tempfile.TemporaryDirectory(prefix="hwprune-quant-") as tmp:
         src, dst = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
-        src.write_bytes(model.SerializeToString())
+        # Folded first, as deployed: quantize_static would quantize each BatchNorm as an
+        # op of its own and leave it in float between a dequantize and a quantize.
+        src.write_bytes(fold_batchnorm(model).SerializeToString())
         try:
             with _quiet_root_logger():
                 quantize_static(

@@ -11,8 +11,8 @@ tensors. Shape-like values are thus plain Python at run time: no device-to-host 
 ``forward``, which keeps the module capturable as a CUDA graph.
 
 Deployment runtimes fold a BatchNormalization that follows a Conv into the Conv's weights
-(onnxruntime does; the micro-benchmarks assume it), so :func:`fold_batchnorm` does the
-same here before conversion.
+(onnxruntime does; the micro-benchmarks assume it), so :func:`~.bn_fold.fold_batchnorm`
+does the same here before conversion.
 
 Example::
 
@@ -33,8 +33,9 @@ from onnx import numpy_helper
 
 from onnx_hwprune.errors import UserError
 from onnx_hwprune.runtime._torch_ops import OPS, NodeInfo
+from onnx_hwprune.runtime.bn_fold import fold_batchnorm
 
-__all__ = ["OnnxModule", "UnsupportedOpError", "fold_batchnorm", "supported_ops"]
+__all__ = ["OnnxModule", "UnsupportedOpError", "supported_ops"]
 
 logger = logging.getLogger(__name__)
 
@@ -129,57 +130,3 @@ def _compile(node: onnx.NodeProto, consts: dict[str, np.ndarray]) -> _Step:
     except (ValueError, NotImplementedError) as exc:
         raise UnsupportedOpError(f"node {node.name!r} ({node.op_type}): {exc}") from None
     return _Step(fn, tuple(node.input), tuple(node.output))
-
-
-def fold_batchnorm(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``model`` where every BatchNormalization fed only by a Conv with constant
-    weights is folded into that Conv (w' = w * s, b' = (b - mean) * s + beta)."""
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    users: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            users[name] = users.get(name, 0) + 1
-    producer = {o: n for n in graph.node for o in n.output}
-    keep = []
-    for node in graph.node:
-        conv = producer.get(node.input[0]) if node.op_type == "BatchNormalization" else None
-        if conv is not None and _foldable(conv, node, inits, users):
-            _fold_one(graph, conv, node, inits)
-        else:
-            keep.append(node)
-    del graph.node[:]
-    graph.node.extend(keep)
-    return model
-
-
-def _foldable(conv, bn, inits, users) -> bool:
-    return (
-        conv.op_type == "Conv"
-        and users.get(conv.output[0]) == 1
-        and len(bn.output) == 1
-        and all(n in inits for n in [*conv.input[1:], *bn.input[1:]])
-    )
-
-
-def _fold_one(graph, conv, bn, inits) -> None:
-    w = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
-    gamma, beta, mean, var = (
-        numpy_helper.to_array(inits[n]).astype(np.float64) for n in bn.input[1:5]
-    )
-    eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
-    scale = gamma / np.sqrt(var + eps)
-    b = numpy_helper.to_array(inits[conv.input[2]]) if len(conv.input) > 2 else np.zeros_like(mean)
-    dtype = numpy_helper.to_array(inits[conv.input[1]]).dtype
-    w_name, b_name = f"{conv.name}.bnfold.W", f"{conv.name}.bnfold.B"
-    graph.initializer.extend([
-        numpy_helper.from_array((w * scale.reshape(-1, *[1] * (w.ndim - 1))).astype(dtype), w_name),
-        numpy_helper.from_array(((b - mean) * scale + beta).astype(dtype), b_name),
-    ])  # fmt: skip
-    conv.input[1] = w_name
-    if len(conv.input) > 2:
-        conv.input[2] = b_name
-    else:
-        conv.input.append(b_name)
-    conv.output[0] = bn.output[0]

@@ -50,6 +50,12 @@ def test_quantize_int8_is_deterministic_qdq_and_close_to_float():
     feeds = random_inputs(model, batch=2, seed=11)
     ref, got = run(model, feeds)[0], run(a, feeds)[0]
     assert np.corrcoef(ref.ravel(), got.ravel())[0, 1] > 0.95
+    # BatchNorms are folded into their convs first, as deployed (quantize_static would
+    # leave each in float between a dequantize and a quantize); nothing dead is carried.
+    assert any(n.op_type == "BatchNormalization" for n in model.graph.node)
+    assert "BatchNormalization" not in ops
+    read = {i for n in a.graph.node for i in n.input}
+    assert all(t.name in read for t in a.graph.initializer)
     # The quantized model prunes like the float one (QDQ handlers).
     assert len(analyze_channel_groups(load_graph(a)).prunable) == len(
         analyze_channel_groups(load_graph(model)).prunable

@@ -61,7 +61,7 @@ def test_synthesis_is_deterministic(digits_synthesis):
 
 
 def test_models_without_batchnorm_statistics_are_refused_with_the_reason():
-    from onnx_hwprune.runtime.torch_convert import fold_batchnorm
+    from onnx_hwprune.runtime.bn_fold import fold_batchnorm
 
     folded = fold_batchnorm(onnx.load(DIGITS))  # as exporters often leave a model
     assert "BatchNorm statistics for 0 of its 8 convs" in unusable(folded)

@@ -2,8 +2,8 @@
 
 The layer: 3x3 conv, stride 1, pad 1, on 28x28, with bias and Relu (a ResNet stage-2
 conv at 112x112 input scaled down). The float points run onnxruntime's float kernel
-(NCHWc FusedConv); the int8 points are the QDQ micro-benchmarks of
-``runtime/qdq_layer.py``, which onnxruntime fuses into QLinearConv (NHWC, int8). All
+(NCHWc FusedConv); the int8 points are the micro-benchmarks of ``runtime/qdq_layer.py``:
+the channels-last QLinearConv that onnxruntime makes of the QDQ conv, alone. All
 points of both dtypes are timed in one interleaved run (shared protocol, median of
 rounds), so load changes hit both alike.
 
@@ -17,15 +17,16 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from dataclasses import replace
 
-from onnx_hwprune.cost_models.signature import LayerSignature
+from onnx_hwprune.cost_models.signature import LayerSignature, int8_layout
 from onnx_hwprune.runtime.microbench import build_layer_model
 from onnx_hwprune.runtime.targets import get_target
 from onnx_hwprune.runtime.timing import TimingConfig, measure
 
 
 def _sig(dtype: str, hw: int) -> LayerSignature:
-    return LayerSignature(
+    sig = LayerSignature(
         op="Conv",
         kernel=(3, 3),
         strides=(1, 1),
@@ -36,6 +37,7 @@ def _sig(dtype: str, hw: int) -> LayerSignature:
         bias=True,
         activation="Relu",
     )
+    return replace(sig, layout=int8_layout(sig))  # as extract_layers tags it
 
 
 def main(argv: list[str] | None = None) -> int:
