@@ -73,7 +73,9 @@ def _fold_one(graph, conv, bn, inits) -> None:
     scale = gamma / np.sqrt(var + eps)
     b = numpy_helper.to_array(inits[conv.input[2]]) if len(conv.input) > 2 else np.zeros_like(mean)
     dtype = numpy_helper.to_array(inits[conv.input[1]]).dtype
-    w_name, b_name = f"{conv.name}.bnfold.W", f"{conv.name}.bnfold.B"
+    # Named after the conv's output tensor, unique in any valid graph (node names may be
+    # empty or repeated in models exported by other tools).
+    w_name, b_name = f"{conv.output[0]}.bnfold.W", f"{conv.output[0]}.bnfold.B"
     graph.initializer.extend([
         numpy_helper.from_array((w * scale.reshape(-1, *[1] * (w.ndim - 1))).astype(dtype), w_name),
         numpy_helper.from_array(((b - mean) * scale + beta).astype(dtype), b_name),

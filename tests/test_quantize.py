@@ -124,3 +124,38 @@ def test_cli_prunes_a_qoperator_model_by_ratio_and_explains_latency(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "integer operators" in proc.stdout and "--ratio" in proc.stdout
     assert out.read_bytes() == path.read_bytes()
+
+
+def _conv_bn(rng, src: str, dst: str, ch: int) -> tuple[list, list]:
+    """Unnamed Conv -> BatchNormalization nodes (as some exporters write them)."""
+    w = numpy_helper.from_array(rng.standard_normal((ch, ch, 3, 3)).astype(np.float32), f"{dst}w")
+    stats = [numpy_helper.from_array(v.astype(np.float32), f"{dst}{k}") for k, v in {
+        "g": rng.uniform(0.5, 2, ch), "b": rng.standard_normal(ch),
+        "m": rng.standard_normal(ch), "v": rng.uniform(0.5, 2, ch)}.items()]  # fmt: skip
+    nodes = [
+        onnx.helper.make_node("Conv", [src, w.name], [f"{dst}c"], pads=[1, 1, 1, 1]),
+        onnx.helper.make_node("BatchNormalization", [f"{dst}c", *[t.name for t in stats]], [dst]),
+    ]
+    return nodes, [w, *stats]
+
+
+def test_batchnorm_fold_keeps_outputs_and_leaves_nothing_dead():
+    from onnx_hwprune.runtime.bn_fold import fold_batchnorm
+
+    rng = np.random.default_rng(0)
+    (n1, i1), (n2, i2) = _conv_bn(rng, "x", "a", 4), _conv_bn(rng, "a", "y", 4)
+    info = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [1, 4, 6, 6])
+            for n in ("x", "y", "ac")]  # fmt: skip
+    # The first conv's output is also a graph output: that pair must stay unfolded.
+    graph = onnx.helper.make_graph([*n1, *n2], "g", info[:1], [info[1], info[2]], [*i1, *i2])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    folded = fold_batchnorm(model)
+    onnx.checker.check_model(folded, full_check=True)
+    assert [n.op_type for n in folded.graph.node] == ["Conv", "BatchNormalization", "Conv"]
+    names = [t.name for t in folded.graph.initializer]
+    assert len(names) == len(set(names))
+    read = {i for n in folded.graph.node for i in n.input}
+    assert set(names) <= read
+    feeds = {"x": rng.standard_normal((1, 4, 6, 6)).astype(np.float32)}
+    for ref, got in zip(run(model, feeds), run(folded, feeds), strict=True):
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
