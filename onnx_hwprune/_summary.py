@@ -57,9 +57,36 @@ def budget_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def quantize_lines(report: dict[str, Any]) -> list[str]:
+    """The quantization, and what it bought where the job timed it: the float original,
+    the pruned float model and the pruned int8 model, paired per round."""
+    quant = report.get("quantize")
+    if not quant:
+        return []
+    lines = [f"quantized: {quant['scheme']} ({quant['tool']}, {quant['format']}, "
+             f"weights {quant['weights']}, activations {quant['activations']})"]  # fmt: skip
+    timed = quant.get("measured")
+    if timed:
+        orig, pf, q8 = (timed[k] for k in ("original", "pruned_float", "pruned_int8"))
+        lines.append(
+            f"measured here: float original {orig['median_ms']:.3f} ms, pruned float "
+            f"{pf['median_ms']:.3f} ms ({1 / pf['ratio']:.2f}x), pruned int8 "
+            f"{q8['median_ms']:.3f} ms ({1 / q8['ratio']:.2f}x; paired per round, spreads "
+            f"{100 * pf['ratio_spread']:.0f}% and {100 * q8['ratio_spread']:.0f}%)"
+        )
+        if q8["ratio"] > pf["ratio"] * (1 + MISS_TOLERANCE):  # beyond timing noise
+            lines.append(
+                "WARNING: quantizing made the pruned model SLOWER on this host: onnxruntime "
+                "keeps ops it has no int8 kernel for in float between a dequantize and a "
+                "quantize; ship the pruned float model (drop --quantize)"
+            )
+    return lines
+
+
 def guard_lines(report: dict[str, Any]) -> list[str]:
     return (
-        _synthetic_lines(report)
+        quantize_lines(report)
+        + _synthetic_lines(report)
         + _search_lines(report)
         + recovery_lines(report)
         + _fidelity_lines(report)

@@ -78,6 +78,9 @@ def test_prune_then_quantize_digits_reports_accuracy():
     before, after = acc["top1"]
     assert acc["top1_pruned_float"] is not None
     assert after >= before - 0.03, acc  # int8 of a recovered 30%-pruned ResNet
+    timed = result.report["quantize"]["measured"]  # what int8 bought, against float
+    assert set(timed) == {"original", "pruned_float", "pruned_int8"}
+    assert all(timed[k]["ratio"] > 0 for k in ("pruned_float", "pruned_int8"))
     assert _int8_weights(result.model) > 0
 
 
@@ -107,6 +110,8 @@ def test_quantize_int8_plans_against_int8_staircases(tmp_path):
         signatures = [json.loads(s) for (s,) in conn.execute("SELECT signature FROM measurements")]
     dtypes = {s["dtype"] for s in signatures}
     assert dtypes == {"int8"}, dtypes
+    # Its convs (Relu or none after them) are timed as the bare channels-last int8 kernel.
+    assert {s.get("layout") for s in signatures if s["op"] == "Conv"} == {"nhwc"}
 
 
 def test_cli_prunes_a_qoperator_model_by_ratio_and_explains_latency(tmp_path):

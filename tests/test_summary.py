@@ -56,3 +56,26 @@ def test_recovery_is_summarised_with_what_it_bought_and_what_it_discarded():
     assert line == ("recovery: auto chose lsq (agreement on 52 held-back samples: "
                     "bias 69.0%, lsq 98.0%)")  # fmt: skip
     assert recovery_lines({}) == []
+
+
+def _quantized(pruned_float_ratio: float, int8_ratio: float) -> dict:
+    from onnx_hwprune.runtime.quantize import quantization_summary
+
+    def timed(ratio: float) -> dict:
+        return {"median_ms": 10.0 * ratio, "spread": 0.02, "ratio": ratio, "ratio_spread": 0.03}
+
+    measured = {"original": {"median_ms": 10.0, "spread": 0.02},
+                "pruned_float": timed(pruned_float_ratio), "pruned_int8": timed(int8_ratio)}  # fmt: skip
+    return {"quantize": {**quantization_summary("int8"), "measured": measured}}
+
+
+def test_quantization_that_slows_the_model_down_is_said():
+    """The closed loop compares int8 forms only; the summary says what int8 bought
+    against the float models (PP-OCRv5 cls ran 1.8x slower in int8)."""
+    good = guard_lines(_quantized(0.8, 0.4))
+    assert any("pruned float 8.000 ms (1.25x), pruned int8 4.000 ms (2.50x" in x for x in good)
+    assert not any("SLOWER" in line for line in good)
+    assert not any("SLOWER" in line for line in guard_lines(_quantized(0.8, 0.82)))  # noise
+    slow = guard_lines(_quantized(0.8, 1.4))
+    assert any(line.startswith("WARNING: quantizing made the pruned model SLOWER") for line in slow)
+    assert guard_lines({}) == []
