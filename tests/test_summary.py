@@ -64,8 +64,11 @@ def _quantized(pruned_float_ratio: float, int8_ratio: float) -> dict:
     def timed(ratio: float) -> dict:
         return {"median_ms": 10.0 * ratio, "spread": 0.02, "ratio": ratio, "ratio_spread": 0.03}
 
-    measured = {"original": {"median_ms": 10.0, "spread": 0.02},
-                "pruned_float": timed(pruned_float_ratio), "pruned_int8": timed(int8_ratio)}  # fmt: skip
+    measured = {
+        "original": {"median_ms": 10.0, "spread": 0.02},
+        "pruned_float": timed(pruned_float_ratio),
+        "pruned_int8": timed(int8_ratio),
+    }
     return {"quantize": {**quantization_summary("int8"), "measured": measured}}
 
 
