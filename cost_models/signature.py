@@ -34,6 +34,7 @@ __all__ = [
     "LAYER_OPS",
     "Layer",
     "LayerSignature",
+    "clamps_at_zero",
     "extract_layers",
     "int8_layout",
     "layer_shapes",
@@ -282,10 +283,16 @@ def int8_layout(sig: LayerSignature) -> str:
     kernel between a dequantize and a quantize."""
     if sig.op != "Conv" or sig.dtype not in ("int8", "uint8"):
         return ""
-    clamps = sig.activation == "Relu" or (
-        sig.activation == "Clip" and (sig.activation_params or (0.0,))[0] == 0
-    )
-    return "nhwc" if clamps or not sig.activation else ""
+    return "nhwc" if clamps_at_zero(sig) or not sig.activation else ""
+
+
+def clamps_at_zero(sig: LayerSignature) -> bool:
+    """Relu, or Clip from 0, after the layer: calibration gives the output quantizer zero
+    point 0 there, which lets onnxruntime drop the activation into its int8 kernel (with
+    any other zero point it keeps the activation, and a float kernel, between a
+    dequantize and a quantize), as quantize_static's output does."""
+    params = sig.activation_params
+    return sig.activation == "Relu" or (sig.activation == "Clip" and (params or (0.0,))[0] == 0)
 
 
 def _sole_users(node: gs.Node) -> list[gs.Node]:

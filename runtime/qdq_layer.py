@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx_hwprune.cost_models.signature import LayerSignature
+from onnx_hwprune.cost_models.signature import LayerSignature, clamps_at_zero
 
 __all__ = ["INT8_DTYPES", "qdq_layer_model"]
 
@@ -42,12 +42,12 @@ def qdq_layer_model(sig: LayerSignature, in_ch: int, out_ch: int, seed: int = 0)
 
     model = build_layer_model(replace(sig, dtype="float32", layout=""), in_ch, out_ch, seed=seed)
     if sig.layout == "nhwc":
-        return _nhwc_kernel_model(model, _clamps_at_zero(sig))
+        return _nhwc_kernel_model(model, clamps_at_zero(sig))
     graph = model.graph
     inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     main = graph.node[0]
     w_axis = 1 if sig.op in ("ConvTranspose", "MatMul") else 0
-    new_inits, nodes = _scalars(_clamps_at_zero(sig)), []
+    new_inits, nodes = _scalars(clamps_at_zero(sig)), []
     nodes += _qdq("x", "x_dq", "x")
     w_scale = _quantize_weight(inits["W"], w_axis, new_inits)
     nodes.append(
@@ -55,8 +55,7 @@ def qdq_layer_model(sig: LayerSignature, in_ch: int, out_ch: int, seed: int = 0)
     )
     inputs = ["x_dq", "W_dq"]
     if "B" in inits:
-        b_scale = (_X_SCALE * w_scale).astype(np.float32)
-        b_q = np.round(inits["B"].astype(np.float64) / b_scale).astype(np.int32)
+        b_q, b_scale = _int32_bias(inits["B"], w_scale)
         new_inits += [numpy_helper.from_array(b_q, "B_q"), numpy_helper.from_array(b_scale, "B_s")]
         nodes.append(helper.make_node("DequantizeLinear", ["B_q", "B_s"], ["B_dq"], axis=0))
         if main.op_type != "MatMul":
@@ -81,9 +80,7 @@ def _nhwc_kernel_model(model: onnx.ModelProto, output_at_zero: bool) -> onnx.Mod
     w_scale = _quantize_weight(inits["W"], 0, new_inits)
     inputs = ["x", "x_s", "x_zp", "W_q", "W_s", "W_zp", "y_s", "y_zp"]
     if "B" in inits:
-        b_scale = (_X_SCALE * w_scale).astype(np.float64)
-        b_q = np.round(inits["B"].astype(np.float64) / b_scale).astype(np.int32)
-        new_inits.append(numpy_helper.from_array(b_q, "B_q"))
+        new_inits.append(numpy_helper.from_array(_int32_bias(inits["B"], w_scale)[0], "B_q"))
         inputs.append("B_q")
     node = helper.make_node(
         "QLinearConv", inputs, ["y"], name="layer", domain="com.microsoft", channels_last=1
@@ -101,12 +98,10 @@ def _nhwc_kernel_model(model: onnx.ModelProto, output_at_zero: bool) -> onnx.Mod
     return out
 
 
-def _clamps_at_zero(sig: LayerSignature) -> bool:
-    """Relu (or Clip from 0) before the output Q: calibration gives zero point 0 there,
-    which lets onnxruntime drop the activation and fuse the int8 kernel; with any other
-    zero point it keeps a float conv. Mirror what quantize_static produces."""
-    params = sig.activation_params
-    return sig.activation == "Relu" or (sig.activation == "Clip" and (params or (0.0,))[0] == 0)
+def _int32_bias(bias: np.ndarray, w_scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The bias as int32 at scale x_scale * w_scale (as quantize_static writes it)."""
+    b_scale = (_X_SCALE * w_scale).astype(np.float32)
+    return np.round(bias.astype(np.float64) / b_scale).astype(np.int32), b_scale
 
 
 def _scalars(output_at_zero: bool) -> list[onnx.TensorProto]:
