@@ -77,3 +77,23 @@ def test_burner_stops_when_its_parent_dies():
 def test_burner_refuses_a_bad_duty():
     with pytest.raises(ValueError):
         bench.Burner(CORE, 1.0, duty=0.0)
+
+
+def test_int8_glue_counts_float_work_between_dequantize_and_quantize():
+    """The float ops an int8 form keeps: none on a conv network whose every op has an
+    int8 kernel; the activations onnxruntime has no int8 kernel for, and no layer."""
+    from helpers import random_inputs
+
+    from onnx_hwprune.runtime.quantize import quantize_int8
+    from onnx_hwprune.testing.families import FAMILIES
+
+    glue = _tool("bench_int8_vs_float").float_glue
+
+    def int8(model):
+        batches = [random_inputs(model, batch=1, seed=s) for s in range(2)]
+        return quantize_int8(model, lambda: iter(batches))
+
+    assert not glue(int8(FAMILIES["resnet_basic"]()))
+    counts = glue(int8(FAMILIES["se"]()))  # HardSwish, SiLU, PRelu: no int8 kernels
+    assert counts and not {"Conv", "Gemm", "MatMul", "QLinearConv"} & set(counts), counts
+    assert "PRelu" in counts, counts
