@@ -5,9 +5,10 @@ planning shape and its int8 form as ``--quantize int8`` writes it (BatchNorms fo
 onnxruntime's ``quantize_static``: QDQ, per-channel int8 weights, uint8 activations;
 calibrated here on N(0, 1) inputs, which set values, not the kernels that run) are timed
 in one interleaved run, ``--repeats`` times (median of medians; speed = float / int8,
-paired per round). The ops the int8 form keeps in float between a dequantize and a
-quantize (no int8 kernel in onnxruntime's CPU provider) are counted by type: where they
-dominate, int8 is slower than float, and ``--quantize int8`` says so after the job.
+paired per round). The ops that onnxruntime still runs on a dequantized tensor after its
+QDQ fusions (float work between a dequantize and a quantize: no int8 kernel in its CPU
+provider) are counted by type from its optimised graph. Where int8 is slower than float,
+``--quantize int8`` says so after the job; this tells before it.
 
 Usage: python tools/bench_int8_vs_float.py [--threads 1] [--repeats 3] NAME ...
        (names: ``tests/corpus.py``, e.g. ppocr_cls ppocr_det ppocr_rec zoo_squeezenet)
