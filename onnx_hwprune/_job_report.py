@@ -28,7 +28,7 @@ def job_report(job: Any) -> dict[str, Any]:
     if job.rounds is not None:
         report["latency"]["closed_loop"] = job.rounds
     if job.pruned_float is not None:
-        _add_quantize_section(report, opts, job, job.pruned_float)
+        _add_quantize_section(report, opts, job)
     if job.recovery is not None:
         report["recovery"] = job.recovery
     if mod.sensitivity is not None:
@@ -99,7 +99,7 @@ def _add_sections(report, opts, cost, backend, mod, plan, source, models, rounds
         report["accuracy"] = _data.accuracy_section(opts, source, written)
 
 
-def _add_quantize_section(report, opts, job, pruned_float) -> None:
+def _add_quantize_section(report, opts, job) -> None:
     """What was quantized how, and, where the job measures, the float original, the pruned
     float model and the written int8 model timed in one run: the closed loop compares int8
     forms only, and int8 is not always faster (PP-OCRv5 cls ran 1.8x slower in int8: its
@@ -108,8 +108,10 @@ def _add_quantize_section(report, opts, job, pruned_float) -> None:
 
     report["quantize"] = quantization_summary(opts.quantize)
     if opts.measure and job.backend is not None:
-        models = {"original": job.source, "pruned_float": pruned_float, "pruned_int8": job.written}
+        models = {"original": job.source, "pruned_float": job.pruned_float,
+                  "pruned_int8": job.written}  # fmt: skip
         static = {name: _as_measured(model, job.source) for name, model in models.items()}
         report["quantize"]["measured"] = _latency.measured_section(job.backend, static)
     if opts.eval_data is not None:
-        report["accuracy"] = _data.accuracy_section(opts, job.source, job.written, pruned_float)
+        report["accuracy"] = _data.accuracy_section(opts, job.source, job.written,
+                                                    job.pruned_float)  # fmt: skip
