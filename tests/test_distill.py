@@ -210,3 +210,38 @@ def test_shape_chains_with_constant_nodes_fold():
     with torch.no_grad():
         (got,) = OnnxModule(folded, fold_bn=False)(torch.from_numpy(x))
     np.testing.assert_allclose(got.numpy(), x.reshape(4, 6))
+
+
+def _gradients(model, pruned, batch, chunk):
+    from onnx_hwprune.runtime import distill as d
+    from onnx_hwprune.runtime.activations import make_session, with_extra_outputs
+
+    names = d.distill_targets(pruned)
+    modules = d._chunk_modules(torch, pruned, batch, chunk)
+    params = d._trainable(modules[chunk], d.trainable_initializers(pruned))
+    teacher = make_session(with_extra_outputs(model, names))
+    loss = d._Step(torch, modules, teacher, names, {}, chunk)(batch)
+    return loss, {name: p.grad.numpy().copy() for name, p in params}
+
+
+def test_a_step_in_chunks_is_the_step_on_the_whole_batch():
+    model, _, _, pruned, rng = _case(seed=2)
+    batch = _data(rng, 32)
+    loss, whole = _gradients(model, pruned, batch, chunk=32)
+    loss_in_parts, parts = _gradients(model, pruned, batch, chunk=10)  # 10 + 10 + 10 + 2
+    assert loss_in_parts == pytest.approx(loss, rel=1e-5)
+    assert whole and whole.keys() == parts.keys()
+    for name, grad in whole.items():
+        assert np.abs(grad).max() > 0, name
+        np.testing.assert_allclose(parts[name], grad, rtol=1e-4, atol=1e-6 * np.abs(grad).max())
+
+
+def test_micro_batch_divides_the_batch_and_keeps_rows_together():
+    from onnx_hwprune.runtime.distill import MICRO_BATCH, _micro_batch
+
+    def chunk(size, wanted_shape=None):
+        batch = {"x": np.zeros((size, 3, 8, 8), np.float32)}
+        return _micro_batch(batch, [np.zeros(wanted_shape or (size, 10), np.float32)])
+
+    assert chunk(64) == chunk(37) == MICRO_BATCH and chunk(5) == 5
+    assert chunk(64, (10, 64, 5)) == 64  # sequence-first output: rows are not samples
