@@ -22,6 +22,8 @@ __all__ = [
     "baseline_latency",
     "predicted_section",
     "measured_section",
+    "measured_timings",
+    "summarise_timings",
 ]
 
 log = logging.getLogger(__name__)
@@ -207,14 +209,25 @@ def measured_section(
     """Median ms of each model, timed by the timing protocol in one interleaved run; every
     model after ``"original"`` also gets its paired ``ratio`` to it (per-round time over
     the original's in the same round, median) and that ratio's ``ratio_spread``."""
-    from onnx_hwprune.runtime.timing import TimingConfig, measure, paired_ratio
+    return summarise_timings(measured_timings(backend, models, rounds))
+
+
+def measured_timings(backend, models: Mapping[str, onnx.ModelProto], rounds: int = 7) -> dict:
+    """The models timed by the timing protocol in one interleaved run: name -> Timing."""
+    from onnx_hwprune.runtime.timing import TimingConfig, measure
 
     runnables = {name: backend.prepare(model) for name, model in models.items()}
     try:
-        timings = measure({n: r.sample for n, r in runnables.items()}, TimingConfig(rounds=rounds))
+        return measure({n: r.sample for n, r in runnables.items()}, TimingConfig(rounds=rounds))
     finally:
         for runnable in runnables.values():
             runnable.close()
+
+
+def summarise_timings(timings: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`measured_section`'s dict from timings (one run's, or several pooled)."""
+    from onnx_hwprune.runtime.timing import paired_ratio
+
     out = {name: {"median_ms": t.median_ms, "spread": t.spread} for name, t in timings.items()}
     base = timings.get("original")
     for name, timing in timings.items():

@@ -17,11 +17,13 @@ the form the cost model prices, not as float.
 
 The pruned model's time in a round is the original's median times their *paired* ratio
 (per interleaved round, median: :func:`~onnx_hwprune.runtime.timing.paired_ratio`), which
-load that hits both alike cancels out of. Two stops protect the plan from chasing noise:
-a round whose paired ratio spreads more than :data:`MAX_SPREAD` (IQR/median) even when
-timed a second time with twice the rounds is not used to correct anything (the miss may
-be noise; the report says so), and a corrected model that cannot reach the budget at all keeps the
-previous plan rather than removing everything it can.
+load that hits both alike cancels out of. A round whose paired ratio spreads more than
+:data:`MAX_SPREAD` (IQR/median) is timed a second time with twice the rounds, and the two
+runs' samples are pooled (:func:`~onnx_hwprune.runtime.timing.pooled`). Two stops protect
+the plan from chasing noise: a round whose pooled ratio still spreads more than
+:data:`MAX_SPREAD` is not used to correct anything (the miss may be noise; the report says
+so), and a corrected model that cannot reach the budget at all keeps the previous plan
+rather than removing everything it can.
 """
 
 from __future__ import annotations
@@ -63,14 +65,15 @@ def close_loop(attempt: Attempt, ctx, budget, backend, source, groups, graph, fo
         rounds.append(_round(index, ctx.cost_model.predict(channels), orig, pruned,
                              budget.resolve(orig)))  # fmt: skip
         rounds[-1].update(spreads=got["spreads"], ratio_spread=got["ratio_spread"],
-                          pruned_median_ms=got["pruned"]["median_ms"])  # fmt: skip
+                          pruned_median_ms=got["pruned"]["median_ms"],
+                          timings=got["timings"])  # fmt: skip
         log.info("closed loop round %d: %s", index, rounds[-1])
         if rounds[-1]["miss"] <= TOLERANCE:
             met = (index, result, ctx)
         if -UNDERSHOOT <= rounds[-1]["miss"] <= TOLERANCE or index == MAX_ROUNDS:
             break
         if got["ratio_spread"] > MAX_SPREAD:
-            rounds[-1]["note"] = "timings too noisy to correct the model, twice; stopped"
+            rounds[-1]["note"] = "timings too noisy to correct the model, twice (pooled); stopped"
             break
         fresh_ctx = replace(ctx, cost_model=corrected(ctx.cost_model, channels, orig, pruned))
         fresh = attempt(fresh_ctx)
@@ -89,19 +92,24 @@ def close_loop(attempt: Attempt, ctx, budget, backend, source, groups, graph, fo
 
 def _measure(backend, original, pruned) -> dict[str, Any]:
     """The two timed in one interleaved run; when their paired ratio spreads over
-    :data:`MAX_SPREAD`, once more with twice the rounds (a burst of load rarely lasts)."""
-    from onnx_hwprune._latency import measured_section
+    :data:`MAX_SPREAD`, once more with twice the rounds (a burst of load rarely lasts),
+    pooled with the first run's samples."""
+    from onnx_hwprune._latency import measured_timings, summarise_timings
+    from onnx_hwprune.runtime.timing import pooled
 
     models = {"original": original, "pruned": pruned}
-    got = measured_section(backend, models, rounds=MEASURE_ROUNDS)
+    runs = [measured_timings(backend, models, rounds=MEASURE_ROUNDS)]
+    got = summarise_timings(runs[0])
     if got["pruned"]["ratio_spread"] > MAX_SPREAD:
         log.info(
             "closed loop: paired ratio spread %.0f%%, timing again",
             100 * got["pruned"]["ratio_spread"],
         )
-        got = measured_section(backend, models, rounds=2 * MEASURE_ROUNDS)
+        runs.append(measured_timings(backend, models, rounds=2 * MEASURE_ROUNDS))
+        got = summarise_timings(pooled(runs))
     return {**got, "ratio": got["pruned"]["ratio"], "ratio_spread": got["pruned"]["ratio_spread"],
-            "spreads": [got["original"]["spread"], got["pruned"]["spread"]]}  # fmt: skip
+            "spreads": [got["original"]["spread"], got["pruned"]["spread"]],
+            "timings": len(runs)}  # fmt: skip
 
 
 def _reject(fresh, previous, cost, graph, groups, budget) -> str | None:

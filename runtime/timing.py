@@ -33,10 +33,12 @@ import logging
 import random
 import statistics
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
-__all__ = ["Sampler", "Timing", "TimingConfig", "clock_sampler", "measure", "paired_ratio"]
+__all__ = [
+    "Sampler", "Timing", "TimingConfig", "clock_sampler", "measure", "paired_ratio", "pooled",
+]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +139,23 @@ def paired_ratio(num: Timing, den: Timing) -> tuple[float, float]:
     if not ratios:
         raise ValueError("no paired samples")
     return statistics.median(ratios), _spread(ratios)
+
+
+def pooled(runs: Sequence[Mapping[Hashable, Timing]]) -> dict[Hashable, Timing]:
+    """One timing per candidate from several :func:`measure` runs of the same candidates:
+    a second run pools with the first instead of replacing it, so that the evidence of
+    both is used. Per run, only the samples every candidate took in the same rounds are
+    kept (the first ``n``, as :func:`paired_ratio` pairs them), so the pooled samples still
+    pair round by round."""
+    keys = list(runs[0])
+    samples: dict[Hashable, list[float]] = {key: [] for key in keys}
+    for run in runs:
+        n = min(len(run[key].samples_ms) for key in keys)
+        for key in keys:
+            samples[key] += run[key].samples_ms[:n]
+    number = {key: max(run[key].number for run in runs) for key in keys}
+    remeasured = {key: sum(run[key].remeasured for run in runs) for key in keys}
+    return {key: _summarise(samples[key], number[key], remeasured[key]) for key in keys}
 
 
 def _warm_up(sampler: Sampler, config: TimingConfig) -> int:

@@ -148,7 +148,8 @@ def test_loop_does_not_correct_on_noisy_timings(fake_target):
     result = prune(tiny_cnn(16), fake_target(NoisyOverhead(overhead_ms=4.0)))
     (only,) = result.report["latency"]["closed_loop"]
     assert abs(only["miss"]) > 0.03 and only["ratio_spread"] > 0.10  # a miss not corrected
-    assert "too noisy to correct the model, twice" in only["note"]
+    assert "too noisy to correct the model, twice (pooled)" in only["note"]
+    assert only["timings"] == 2
 
 
 def test_unreachable_budget_keeps_the_measured_plan(fake_target):

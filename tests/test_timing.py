@@ -106,3 +106,20 @@ def test_paired_ratio_spreads_when_load_differs_within_rounds():
 def iter_sampler(values):
     it = iter(values)
     return lambda number: next(it)
+
+
+def test_a_second_run_pools_with_the_first_and_stays_paired():
+    from onnx_hwprune.runtime.timing import Timing, pooled
+
+    def timing(*samples):
+        return Timing(median_ms=0.0, spread=0.0, samples_ms=samples)
+
+    # run 1: "b" was re-measured alone once (a sample with no partner in "a")
+    first = {"a": timing(1.0, 2.0, 1.0), "b": timing(3.0, 6.0, 3.0, 9.0)}
+    second = {"a": timing(1.0, 1.0, 1.0, 1.0), "b": timing(2.0, 2.0, 2.0, 2.0)}
+    got = pooled([first, second])
+    assert len(got["a"].samples_ms) == len(got["b"].samples_ms) == 7
+    ratio, spread = paired_ratio(got["b"], got["a"])
+    assert ratio == pytest.approx(2.0)  # per-round ratios: 3, 3, 3, 2, 2, 2, 2
+    assert got["b"].median_ms == pytest.approx(2.0) and spread > 0
+    assert pooled([first])["b"].samples_ms == (3.0, 6.0, 3.0)
