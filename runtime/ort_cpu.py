@@ -4,12 +4,23 @@ All graph optimizations are on (``ORT_ENABLE_ALL``), so MLAS's NCHWc layout tran
 applies: on AVX-512 it blocks channels by 16 (by 8 on AVX2), which is what makes channel
 counts that are multiples of 8/16 special and in-channel counts that are not multiples of
 4 fall off a cliff. The intra-op thread count defaults to the number of physical cores.
+
+At one intra-op thread onnxruntime computes on the calling thread, so a sample is read
+from that thread's CPU clock (:func:`sample_clock`): time the OS gave to other processes
+is not counted. On this project's shared 2-core machine a pruned PP-OCRv5 classifier
+measured 1.05 ms by the wall clock and 1.05 ms by the thread clock on a quiet core, and
+1.91 ms against 1.02 ms while a busy loop shared its core. Load that slows the core
+itself (caches, memory bandwidth, clock frequency) still counts; the timing protocol's
+interleaving and paired ratios handle that.
 """
 
 from __future__ import annotations
 
 import logging
 import platform
+import sys
+import time
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -17,7 +28,7 @@ import onnxruntime as ort
 
 from onnx_hwprune.runtime.backend import Backend, Runnable, cpu_info, physical_cores
 
-__all__ = ["OrtCpuBackend", "OrtRunnable", "random_feeds", "session_options"]
+__all__ = ["OrtCpuBackend", "OrtRunnable", "random_feeds", "sample_clock", "session_options"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,25 +76,33 @@ def random_feeds(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]
     return feeds
 
 
-class OrtRunnable(Runnable):
-    """An onnxruntime session with its random inputs bound."""
+def sample_clock(threads: int) -> Callable[[], float]:
+    """The clock samples are read with: the calling thread's CPU time at one intra-op
+    thread where the OS keeps it finely (Linux, macOS; Windows counts it in 15.6 ms
+    ticks), the wall clock otherwise (other threads' work would be missing)."""
+    fine = sys.platform.startswith(("linux", "darwin"))
+    return time.thread_time if threads == 1 and fine else time.perf_counter
 
-    def __init__(self, session: ort.InferenceSession, feeds: dict[str, np.ndarray]):
+
+class OrtRunnable(Runnable):
+    """An onnxruntime session with its random inputs bound, timed with ``clock``."""
+
+    def __init__(self, session: ort.InferenceSession, feeds: dict[str, np.ndarray],
+                 clock: Callable[[], float] = time.perf_counter):  # fmt: skip
         self._session = session
         self._feeds = feeds
+        self._clock = clock
 
     def run(self) -> None:
         """One inference."""
         self._session.run(None, self._feeds)
 
     def sample(self, number: int) -> float:
-        """Mean seconds per run over ``number`` runs (host wall clock)."""
-        import time
-
-        start = time.perf_counter()
+        """Mean seconds per run over ``number`` runs, read from the runnable's clock."""
+        start = self._clock()
         for _ in range(number):
             self._session.run(None, self._feeds)
-        return (time.perf_counter() - start) / number
+        return (self._clock() - start) / number
 
 
 class OrtCpuBackend(Backend):
@@ -116,7 +135,7 @@ class OrtCpuBackend(Backend):
             sess_options=session_options(self.threads),
             providers=["CPUExecutionProvider"],
         )
-        return OrtRunnable(session, random_feeds(model))
+        return OrtRunnable(session, random_feeds(model), sample_clock(self.threads))
 
     def node_times(self, model: onnx.ModelProto) -> dict[str, float]:
         """In-context per-node medians (ms) from onnxruntime's profiler."""

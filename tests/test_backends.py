@@ -199,3 +199,22 @@ def test_calibration_without_node_profiler_uses_one_global_scale():
     total, residual, scales = calibrate(model, NoProfiler(), layers, models, total_ms=6.0)
     assert (total, residual) == (6.0, 0.0)
     assert all(s == pytest.approx(6.0 / len(layers)) for s in scales.values())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread CPU clock: Linux")
+def test_one_thread_samples_read_the_calling_threads_cpu_clock(monkeypatch):
+    """At one intra-op thread the work is on the calling thread, so its CPU clock sees all
+    of it (a share of the process's CPU time that load cannot change: time the OS gave
+    to other processes is in neither); at two threads the wall clock is used."""
+    import time
+
+    from onnx_hwprune.runtime.ort_cpu import OrtCpuBackend
+
+    runnable = OrtCpuBackend(threads=1).prepare(tiny_cnn(64))
+    assert runnable._clock is time.thread_time
+    runnable.sample(20)  # warm
+    thread_s = runnable.sample(50)
+    runnable._clock = time.process_time  # every thread of this process
+    process_s = runnable.sample(50)
+    assert thread_s > 0.8 * process_s > 0, (thread_s, process_s)
+    assert OrtCpuBackend(threads=2).prepare(tiny_cnn(8))._clock is time.perf_counter
