@@ -15,6 +15,8 @@ Two corrections, both plain arithmetic on a :class:`~.network.NetworkCostModel`
   says the pruned network ran faster than its layers' sum predicts (layers cut below
   what was measured, fusions), and re-planning after such an undershoot prunes *less*,
   between the two measured points, where the line interpolates.
+- :func:`through`: the line through the original and one chosen point ``(L*, T*)``; the
+  closed loop picks ``L*`` between two measured plans that bracket the budget.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import replace
 
 from onnx_hwprune.cost_models.network import NetworkCostModel
 
-__all__ = ["anchored", "corrected", "layer_sum"]
+__all__ = ["anchored", "corrected", "layer_sum", "through"]
 
 
 def layer_sum(cost: NetworkCostModel, channels=None) -> float:
@@ -55,3 +57,16 @@ def corrected(
     # Proportional: keep the residual's share, scale both through the pruned measurement.
     factor = pruned_ms / cost.predict(channels)
     return _rescaled(cost, factor, cost.residual_ms * factor, original_ms)
+
+
+def through(
+    cost: NetworkCostModel, layers_ms: float, original_ms: float, target_ms: float
+) -> NetworkCostModel | None:
+    """``cost`` refit so that the original predicts ``original_ms`` and any plan whose
+    layers sum to ``layers_ms`` (in ``cost``'s units) predicts ``target_ms``; None when
+    no such line is physical (a <= 0)."""
+    l0 = layer_sum(cost)
+    if l0 - layers_ms <= 0.02 * l0:
+        return None
+    a = (original_ms - target_ms) / (l0 - layers_ms)
+    return _rescaled(cost, a, original_ms - a * l0, original_ms) if a > 0 else None

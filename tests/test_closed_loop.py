@@ -202,3 +202,29 @@ def test_int8_plans_are_judged_in_int8_form(fake_target, tmp_path):
     # The loop's original and pruned, then the report's float original, pruned float and
     # pruned int8 (what quantizing bought, against float).
     assert machine.network_forms[-5:] == [True, True, False, False, True]
+
+
+def test_replanning_aims_between_two_plans_that_bracket_the_budget():
+    from test_cost_model import _network
+
+    from onnx_hwprune.closed_loop import _next_model
+    from onnx_hwprune.cost_models.anchor import corrected, layer_sum
+
+    cost = _network()
+    deep, shallow = {"conv1": (16, 4), "conv2": (16, 4)}, {"conv1": (16, 4)}
+    l0, l_u, l_o = layer_sum(cost), layer_sum(cost, deep), layer_sum(cost, shallow)
+    assert l_u < l_o < l0
+    orig, budget = 10.0, 7.0
+    # deep measured 50% of the original (under), shallow 80% (over): 70% lies 2/3 of the way
+    bracketed = _next_model(cost, [(deep, 0.5), (shallow, 0.8)], orig, budget)
+    aim = l_u + (0.7 - 0.5) / (0.8 - 0.5) * (l_o - l_u)
+    assert bracketed.predict() == pytest.approx(orig)  # still anchored to the original
+    under, over = bracketed.predict(deep) - budget, bracketed.predict(shallow) - budget
+    assert under < 0 < over and under / over == pytest.approx((l_u - aim) / (l_o - aim))
+    # one side only, or a bracket that runs backwards (noise): through the latest plan
+    for history in ([(shallow, 0.9), (deep, 0.8)], [(deep, 0.9), (shallow, 0.5)]):
+        latest, ratio = history[-1]
+        want = corrected(cost, latest, orig, ratio * orig)
+        assert _next_model(cost, history, orig, budget).predict(latest) == pytest.approx(
+            want.predict(latest)
+        )
