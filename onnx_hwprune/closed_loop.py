@@ -121,9 +121,10 @@ def _next_model(cost, history, orig: float, budget_ms: float):
     """The cost model to re-plan on. Once measured plans lie on both sides of the budget,
     the nearest two bracket it: the model is refit through the point between them where
     their line meets the budget (regula falsi), since a line through the original and the
-    latest plan alone swings across a staircase's steps (MobileNetV2 at 0.7: -14.9%,
-    then +1.7%, or kept at -13% after a third round). Otherwise, or when noise made the
-    bracket run backwards, through the latest measurement (:func:`corrected`)."""
+    latest plan alone swings across a staircase's steps (MobileNetV2 at 0.7, one job:
+    +5.5%, -14.9%, +1.7%; another kept a -13% plan after four rounds). Otherwise, or when
+    noise made the bracket run backwards, through the latest measurement
+    (:func:`corrected`)."""
     target = budget_ms / orig
     points = [(ratio, layer_sum(cost, channels)) for channels, ratio in history]
     under = [p for p in points if p[0] < target]
