@@ -122,7 +122,7 @@ def _next_model(cost, history, orig: float, budget_ms: float):
     the nearest two bracket it: the model is refit through the point between them where
     their line meets the budget (regula falsi), since a line through the original and the
     latest plan alone swings across a staircase's steps (MobileNetV2 at 0.7, one job:
-    +5.5%, -14.9%, +1.7%; another kept a -13% plan after four rounds). Otherwise, or when
+    +5.5%, -14.9%, +1.7%; another kept a -13% plan after three rounds). Otherwise, or when
     noise made the bracket run backwards, through the latest measurement
     (:func:`corrected`)."""
     target = budget_ms / orig
