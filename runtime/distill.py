@@ -166,23 +166,16 @@ def distill(
         UserError: torch missing, or the pruned graph holds an op the converter lacks.
     """
     torch = require_torch()
-    features = dict(features or {})
-    names = distill_targets(pruned) + list(features)
-    teacher = make_session(with_extra_outputs(original, names), intra_op_num_threads=threads)
-    student_model = with_extra_outputs(pruned, names)
     result = DistillResult()
     with torch_state(torch, seed, threads):
         first = dict(next(iter(factory())))
         shape = {k: v.shape for k, v in first.items()}
-        chunk = _micro_batch(first, teacher.run(names, first))
-        probe = {k: v[:chunk] for k, v in first.items()}
-        modules = _chunk_modules(torch, student_model, first, chunk)
-        module = modules[chunk]
-        params = _trainable(module, trainable_initializers(pruned))
+        step, params = _make_step(torch, original, pruned, first, features, threads)
+        module, names = step.modules[step.chunk], step.names
+        probe = {k: v[: step.chunk] for k, v in first.items()}
         result.converter_error = _discrepancy(torch, module, pruned, probe, names)
         optimizer = torch.optim.Adam([p for _, p in params], lr=lr)
         batches = _same_shape(factory, shape)
-        step = _Step(torch, modules, teacher, names, features, chunk)
         _train(step, batches, optimizer, steps, time_limit, np.random.default_rng(seed),
                augment, result, progress)  # fmt: skip
         trained = {name: p.detach().cpu().numpy() for name, p in params}
@@ -294,6 +287,21 @@ def _trainable(module: Any, names: Sequence[str]) -> list[tuple[str, Any]]:
         tensor.requires_grad_(True)
         out.append((name, tensor))
     return out
+
+
+def _make_step(torch: Any, original: onnx.ModelProto, pruned: onnx.ModelProto,
+               batch: Mapping[str, np.ndarray], features: Mapping[str, np.ndarray] | None,
+               threads: int, chunk: int | None = None) -> tuple[_Step, list]:  # fmt: skip
+    """The training step for batches shaped like ``batch`` (passes of ``chunk`` samples;
+    None: :func:`_micro_batch`'s choice) and the ``(name, tensor)`` pairs it trains."""
+    features = dict(features or {})
+    names = distill_targets(pruned) + list(features)
+    teacher = make_session(with_extra_outputs(original, names), intra_op_num_threads=threads)
+    if chunk is None:
+        chunk = _micro_batch(batch, teacher.run(names, dict(batch)))
+    modules = _chunk_modules(torch, with_extra_outputs(pruned, names), batch, chunk)
+    params = _trainable(modules[chunk], trainable_initializers(pruned))
+    return _Step(torch, modules, teacher, names, features, chunk), params
 
 
 def _micro_batch(batch: Mapping[str, np.ndarray], wanted: Sequence[np.ndarray]) -> int:

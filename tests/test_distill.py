@@ -214,13 +214,9 @@ def test_shape_chains_with_constant_nodes_fold():
 
 def _gradients(model, pruned, batch, chunk):
     from onnx_hwprune.runtime import distill as d
-    from onnx_hwprune.runtime.activations import make_session, with_extra_outputs
 
-    names = d.distill_targets(pruned)
-    modules = d._chunk_modules(torch, pruned, batch, chunk)
-    params = d._trainable(modules[chunk], d.trainable_initializers(pruned))
-    teacher = make_session(with_extra_outputs(model, names))
-    loss = d._Step(torch, modules, teacher, names, {}, chunk)(batch)
+    step, params = d._make_step(torch, model, pruned, batch, None, threads=1, chunk=chunk)
+    loss = step(batch)
     return loss, {name: p.grad.numpy().copy() for name, p in params}
 
 

@@ -28,7 +28,6 @@ import onnx
 import torch
 
 from onnx_hwprune.runtime import distill as d
-from onnx_hwprune.runtime.activations import make_session, with_extra_outputs
 
 
 @contextmanager
@@ -45,13 +44,9 @@ def _layout(channels_last: bool):
 
 
 def _step(model: onnx.ModelProto, batch: dict, chunk: int, channels_last: bool):
-    names = d.distill_targets(model)
-    student = with_extra_outputs(model, names)
     with _layout(channels_last):
-        modules = d._chunk_modules(torch, student, batch, chunk)
-    d._trainable(modules[chunk], d.trainable_initializers(model))
-    teacher = make_session(student, intra_op_num_threads=1)
-    return d._Step(torch, modules, teacher, names, {}, chunk)
+        step, _ = d._make_step(torch, model, model, batch, None, threads=1, chunk=chunk)
+    return step
 
 
 def _time(step, batch: dict, channels_last: bool) -> float:
