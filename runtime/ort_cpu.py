@@ -27,6 +27,7 @@ import onnx
 import onnxruntime as ort
 
 from onnx_hwprune.runtime.backend import Backend, Runnable, cpu_info, physical_cores
+from onnx_hwprune.runtime.timing import clock_sampler
 
 __all__ = ["OrtCpuBackend", "OrtRunnable", "random_feeds", "sample_clock", "session_options"]
 
@@ -99,10 +100,7 @@ class OrtRunnable(Runnable):
 
     def sample(self, number: int) -> float:
         """Mean seconds per run over ``number`` runs, read from the runnable's clock."""
-        start = self._clock()
-        for _ in range(number):
-            self._session.run(None, self._feeds)
-        return (self._clock() - start) / number
+        return clock_sampler(self.run, self._clock)(number)
 
 
 class OrtCpuBackend(Backend):
