@@ -7,9 +7,10 @@
 - ``auto``: :func:`recover_auto.choose_recovery` over the three.
 
 Every run reports its method, seconds, the calibration samples it read, and the agreement
-of the result with the original (argmax, or ``1 - relative MSE`` for non-class outputs)
-before and after; for ``bias``/``lsq``/``distill`` measured on the calibration samples
-themselves (seen in fitting: optimistic), for ``auto`` on held-back ones.
+of the result with the original (``recover_auto.fidelity``: argmax, content positions of
+a CTC sequence, or ``1 - relative MSE``) before and after; for ``bias``/``lsq``/``distill``
+measured on the calibration samples themselves (seen in fitting: optimistic), for
+``auto`` on held-back ones.
 """
 
 from __future__ import annotations

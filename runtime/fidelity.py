@@ -6,7 +6,7 @@ shape (labelled as such in the report: synthetic inputs say whether the function
 changed, not what the accuracy is). Measures on the first output: the top-1 agreement of
 the class scores (per position for sequences and maps, see ``_class_axis``), the mean
 cosine similarity of each sample's output with the original's, and for sequences
-(``N, T, C``: CTC logits) the agreement on *content* positions (see ``_content``).
+(``N, T, C``: CTC logits) the agreement on *content* positions (see ``content_positions``).
 
 Why the third: a text recognizer fed noise (or a line with margins) predicts its blank at
 almost every position. A pruned PP-OCRv5 recognizer that reads nothing right any more
@@ -23,7 +23,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-__all__ = ["output_fidelity", "synthetic_batches", "worst_agreement", "FIDELITY_FLOOR"]
+__all__ = [
+    "content_positions",
+    "output_fidelity",
+    "synthetic_batches",
+    "worst_agreement",
+    "FIDELITY_FLOOR",
+]
 
 FIDELITY_FLOOR = 0.9  # below this cosine (agreement: 0.8), the summary warns loudly
 _SAMPLES = 16
@@ -67,7 +73,7 @@ def _class_axis(scores: np.ndarray) -> int | None:
     return None
 
 
-def _content(a_idx: np.ndarray, b_idx: np.ndarray) -> tuple[int, int]:
+def content_positions(a_idx: np.ndarray, b_idx: np.ndarray) -> tuple[int, int]:
     """``(agreeing, content)`` positions of one sample's (T,) top-1 class indices.
 
     The background is the class the original predicts most often in the sample (the CTC
@@ -107,7 +113,7 @@ def output_fidelity(
             agree.extend(same.reshape(n, -1).mean(axis=1))
         if a.ndim == 3 and a.shape[1] > 1 and axis == 2:
             for a_idx, b_idx in zip(a.argmax(axis=2), b.argmax(axis=2), strict=True):
-                h, c = _content(a_idx, b_idx)
+                h, c = content_positions(a_idx, b_idx)
                 hits, content = hits + h, content + c
         seen += n
         if seen >= limit:

@@ -5,7 +5,10 @@ starts from the ``lsq`` result). Each is fitted on the calibration samples *not*
 back (every ``holdout_every``-th sample is held back) and scored by its agreement with the
 original model on the held-back ones: the fraction of samples where both predict the same
 class (argmax of the first output over its class axis), the label-free proxy of accuracy.
-For an output that is not ``[N, classes]`` the score is ``1 - relative MSE`` instead.
+For ``[N, T, C]`` sequences dominated by one class (a CTC recognizer's blank) it is the
+agreement on the other positions (``runtime.fidelity.content_positions``), since the
+blanks' share of an MSE hides misread characters; for any other output ``1 - relative
+MSE``.
 
 - With a target (``max_drop``, a fraction: 0.01 = one point), the first method whose
   agreement is at least ``1 - max_drop`` wins; if none does, the best one is kept and the
@@ -30,6 +33,7 @@ import onnx
 
 from onnx_hwprune.errors import UserError
 from onnx_hwprune.runtime.activations import make_session
+from onnx_hwprune.runtime.fidelity import content_positions
 
 __all__ = ["AutoReport", "choose_recovery", "fidelity", "split_factory"]
 
@@ -63,13 +67,17 @@ def fidelity(original: onnx.ModelProto, model: onnx.ModelProto, factory: BatchFa
     """Agreement of ``model`` with ``original`` on the batches (see module docstring)."""
     name_a, name_b = original.graph.output[0].name, model.graph.output[0].name
     sess_a, sess_b = make_session(original), make_session(model)
-    same = total = 0
+    same = total = hits = content = 0
     err = ref = 0.0
     for batch in factory():
         (a,) = sess_a.run([name_a], dict(batch))
         (b,) = sess_b.run([name_b], dict(batch))
         if a.ndim == 2 and a.shape[1] > 1:
             same += int(np.sum(a.argmax(1) == b.argmax(1)))
+        if a.ndim == 3 and a.shape[1] > 1 and a.shape[2] > 1:
+            for a_idx, b_idx in zip(a.argmax(2), b.argmax(2), strict=True):
+                h, c = content_positions(a_idx, b_idx)
+                hits, content = hits + h, content + c
         err += float(np.sum((a.astype(np.float64) - b) ** 2))
         ref += float(np.sum(np.square(a, dtype=np.float64)))
         total += len(a)
@@ -77,6 +85,8 @@ def fidelity(original: onnx.ModelProto, model: onnx.ModelProto, factory: BatchFa
         raise UserError("no held-back calibration samples to score recovery on")
     if a.ndim == 2 and a.shape[1] > 1:
         return same / total
+    if content:
+        return hits / content
     return max(0.0, 1.0 - err / max(ref, 1e-12))
 
 

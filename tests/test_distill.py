@@ -212,6 +212,18 @@ def test_shape_chains_with_constant_nodes_fold():
     np.testing.assert_allclose(got.numpy(), x.reshape(4, 6))
 
 
+def _with_softmax(model):
+    """``model`` with a Softmax over the classes after its ``[N, classes]`` output."""
+    from onnx import helper
+
+    out = model.graph.output[0]
+    logits = out.name + "_logits"
+    for node in model.graph.node:
+        node.output[:] = [logits if o == out.name else o for o in node.output]
+    model.graph.node.append(helper.make_node("Softmax", [logits], [out.name], axis=-1))
+    return model
+
+
 def _gradients(model, pruned, batch, chunk):
     from onnx_hwprune.runtime import distill as d
 
@@ -220,8 +232,11 @@ def _gradients(model, pruned, batch, chunk):
     return loss, {name: p.grad.numpy().copy() for name, p in params}
 
 
-def test_a_step_in_chunks_is_the_step_on_the_whole_batch():
+@pytest.mark.parametrize("softmax", [False, True])
+def test_a_step_in_chunks_is_the_step_on_the_whole_batch(softmax):
     model, _, _, pruned, rng = _case(seed=2)
+    if softmax:  # the KL loss's mean over positions must split like the MSE's
+        model, pruned = _with_softmax(model), _with_softmax(pruned)
     batch = _data(rng, 32)
     loss, whole = _gradients(model, pruned, batch, chunk=32)
     loss_in_parts, parts = _gradients(model, pruned, batch, chunk=10)  # 10 + 10 + 10 + 2
@@ -241,3 +256,52 @@ def test_micro_batch_divides_the_batch_and_keeps_rows_together():
 
     assert chunk(64) == chunk(37) == MICRO_BATCH and chunk(5) == 5
     assert chunk(64, (10, 64, 5)) == 64  # sequence-first output: rows are not samples
+
+
+def test_softmax_logits_are_matched_by_their_distributions():
+    """KL from the teacher's Softmax to the student's over the Softmax's axis; opset < 13
+    normalises every axis from ``axis`` on as one distribution."""
+    from onnx import TensorProto, helper
+
+    from onnx_hwprune.runtime.distill import _soft_target_loss, softmax_axes
+
+    def head(opset, axis):
+        node = helper.make_node("Softmax", ["logits"], ["y"], axis=axis)
+        graph = helper.make_graph(
+            [helper.make_node("Relu", ["x"], ["logits"]), node], "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 5])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        )  # fmt: skip
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+    assert softmax_axes(head(17, 2)) == {"logits": (2, False)}
+    assert softmax_axes(head(11, 1)) == {"logits": (1, True)}
+    rng = np.random.default_rng(0)
+    s, t = rng.standard_normal((2, 3, 4, 5)), rng.standard_normal((2, 3, 4, 5))
+
+    def kl(s, t, axis):
+        p = np.exp(t) / np.exp(t).sum(axis, keepdims=True)
+        q = np.exp(s) / np.exp(s).sum(axis, keepdims=True)
+        return float(np.mean(np.sum(p * np.log(p / q), axis=axis)))
+
+    def loss(s, t, axis, flat):
+        return float(_soft_target_loss(torch, torch.tensor(s), torch.tensor(t), axis, flat))
+
+    assert loss(s, t, -1, False) == pytest.approx(kl(s, t, -1), rel=1e-6)
+    assert loss(s, t, 1, True) == pytest.approx(kl(s.reshape(2, 60), t.reshape(2, 60), 1))
+    assert loss(t, t, 2, False) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_distillation_through_a_softmax_lowers_held_back_disagreement():
+    model, _, _, pruned, rng = _case(seed=4)
+    model, pruned = _with_softmax(model), _with_softmax(pruned)
+    train, held = _data(rng, 128), _data(rng, 64)
+    factory = calib_factory(train, model, batch_size=32)
+    out, info = distill(model, pruned, factory, steps=120, lr=1e-2, seed=3)
+    assert info.write_back_error <= 1e-4
+
+    def kl(student):
+        p, q = run(model, held)[0].astype(np.float64), run(student, held)[0]
+        return float(np.mean(np.sum(p * np.log(p / q), axis=1)))
+
+    assert kl(out) < 0.5 * kl(pruned), (kl(pruned), kl(out))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from helpers import run
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx_hwprune._accuracy_search import GUARD_COSINE, accuracy_drop
@@ -96,3 +97,16 @@ def test_summary_says_random_inputs_are_a_weak_check_unless_data_was_given():
     assert SYNTHETIC_NOTE not in _fidelity_lines(checked)
     calib = {**synthetic, "data": "the calibration data"}
     assert SYNTHETIC_NOTE not in _fidelity_lines({"fidelity": calib})
+
+
+def test_recovery_scores_sequences_on_their_content():
+    """``--recover auto`` and distillation's held-back check score a CTC-like output on its
+    content positions: here a misreading keeps 1 - relative MSE near 1 (the blanks'
+    logits dominate) while it reads nothing right."""
+    from onnx_hwprune.runtime.recover_auto import fidelity
+
+    original, misreading = _sequence_model([0, 1, 2, 3]), _sequence_model([0, 2, 1, 3])
+    err = run(original, _line())[0] - run(misreading, _line())[0]
+    assert 1.0 - np.sum(err**2) / np.sum(run(original, _line())[0] ** 2) > 0.9
+    assert fidelity(original, misreading, lambda: [_line()]) == 0.0
+    assert fidelity(original, original, lambda: [_line()]) == 1.0
