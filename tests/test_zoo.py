@@ -32,3 +32,16 @@ def test_light_zoo_model_prunes_and_runs(name):
     out = run(result.model, feeds)[0]
     expected = run(model, feeds)[0]
     assert out.shape == expected.shape and np.isfinite(out).all()
+
+
+def test_benchmark_networks_load_by_name():
+    """The latency benchmarks' five networks, at the size asked (DenseNet-121: the zoo's)."""
+    from onnx_hwprune.testing.zoo import BENCHMARK_NETWORKS, benchmark_network
+
+    def side(model):
+        return model.graph.input[0].type.tensor_type.shape.dim[-1].dim_value
+
+    for name in BENCHMARK_NETWORKS:
+        model = benchmark_network(name, image_size=64)
+        onnx.checker.check_model(model)
+        assert side(model) == (224 if name == "densenet121" else 64), name

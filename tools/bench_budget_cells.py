@@ -30,16 +30,9 @@ from pathlib import Path
 from onnx_hwprune.api import prune
 from onnx_hwprune.runtime.targets import get_target
 from onnx_hwprune.runtime.timing import TimingConfig, measure, paired_ratio
-from onnx_hwprune.testing.networks import NETWORKS
-from onnx_hwprune.testing.zoo import load_light_zoo
+from onnx_hwprune.testing.zoo import benchmark_network
 
 TOLERANCE = 0.05
-
-
-def _network(name: str, size: int):
-    if name == "densenet121":
-        return load_light_zoo("densenet121", seed=0)
-    return NETWORKS[name](seed=0, image_size=size)
 
 
 def _job(model, budget: float, db: Path) -> dict:
@@ -59,7 +52,7 @@ def _macs_kept(report: dict) -> float | None:
 
 
 def bench_network(name: str, args) -> list[dict]:
-    model = _network(name, args.image_size)
+    model = benchmark_network(name, args.image_size)
     jobs = {b: _job(model, b, args.out.with_suffix(".sqlite")) for b in args.budgets}
     models = {"original": model} | {b: j["model"] for b, j in jobs.items() if j["model"]}
     backend = get_target("cpu").make_backend(threads=1)

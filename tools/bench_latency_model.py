@@ -1,6 +1,7 @@
 """Benchmark of the latency model: measurements needed, prediction error, whole network.
 
-For each target and network (ResNet-50, MobileNetV2, VGG-16 at 224x224 by default):
+For each target and network (ResNet-50, MobileNetV2, VGG-16 at 224x224 by default;
+also ``resnet18``, ``densenet121`` or a file, see ``_load``):
 
 1. *Measurements needed*: every distinct layer family (signature + full channel counts) is
    profiled with the staircase detector into a fresh profile DB; the number of points
@@ -53,7 +54,7 @@ from onnx_hwprune.runtime.profiler import (
 )
 from onnx_hwprune.runtime.targets import get_target
 from onnx_hwprune.runtime.timing import TimingConfig, measure
-from onnx_hwprune.testing.networks import NETWORKS
+from onnx_hwprune.testing.zoo import BENCHMARK_NETWORKS, benchmark_network
 
 logger = logging.getLogger("bench")
 _PER_CHANNEL = ("BatchNormalization", "Relu", "Clip", "MaxPool")
@@ -132,8 +133,8 @@ def bench_network(net, size, target, backend, db, args) -> dict:
 
 def _load(net: str, size: int) -> onnx.ModelProto:
     """A network built in code, or ``PATH:input=1x3x48x192`` (a file at a static shape)."""
-    if net in NETWORKS:
-        return normalize_model(NETWORKS[net](seed=0, image_size=size))
+    if net in BENCHMARK_NETWORKS:
+        return normalize_model(benchmark_network(net, size))
     path, _, shape = net.partition(":")
     name, _, dims = shape.partition("=")
     return normalize_model(path, {name: [int(d) for d in dims.split("x")]} if dims else None)

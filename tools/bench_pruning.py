@@ -38,14 +38,7 @@ from onnx_hwprune.passes.transform.remove_channels import remove_channels
 from onnx_hwprune.runtime.profiler import build_cost_model
 from onnx_hwprune.runtime.targets import get_target
 from onnx_hwprune.runtime.timing import TimingConfig, measure
-from onnx_hwprune.testing.networks import NETWORKS
-from onnx_hwprune.testing.zoo import load_light_zoo
-
-
-def _network(name: str, image_size: int):
-    if name == "densenet121":
-        return load_light_zoo("densenet121", seed=0)
-    return NETWORKS[name](seed=0, image_size=image_size)
+from onnx_hwprune.testing.zoo import benchmark_network
 
 
 def _removed(plan) -> dict[str, int]:
@@ -96,7 +89,7 @@ def _plans(graph, groups, scores, planner, reduction: float, exact=None) -> dict
 
 
 def bench_network(name: str, target_name: str, args, db: ProfileDB) -> list[dict]:
-    graph = load_graph(_network(name, args.image_size))
+    graph = load_graph(benchmark_network(name, args.image_size))
     groups = analyze_channel_groups(graph)
     scores = channel_importance(graph, groups, "l1")
     source = with_static_inputs(export_model(graph))

@@ -184,3 +184,17 @@ def load_light_zoo(name: str, seed: int = 0) -> onnx.ModelProto:
     graph.input.extend(inputs)
     model.ir_version = max(model.ir_version, helper.find_min_ir_version_for(model.opset_import))
     return model
+
+
+#: The five networks of the latency benchmarks (``tools/``): four built in code, DenseNet-121
+#: from the light zoo (its topology; weights drawn as :func:`load_light_zoo` does).
+BENCHMARK_NETWORKS = ("resnet18", "resnet50", "mobilenet_v2", "vgg16", "densenet121")
+
+
+def benchmark_network(name: str, image_size: int = 224, seed: int = 0) -> onnx.ModelProto:
+    """One of :data:`BENCHMARK_NETWORKS` (DenseNet-121 keeps the zoo's 224x224 input)."""
+    from .networks import NETWORKS
+
+    if name == "densenet121":
+        return load_light_zoo("densenet121", seed=seed)
+    return NETWORKS[name](seed=seed, image_size=image_size)
