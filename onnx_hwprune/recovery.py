@@ -71,6 +71,7 @@ def recover(
     max_rows: int = 4096,
     seed: int = 0,
     refresh_bn: bool = True,
+    downstream: bool = True,
 ) -> onnx.ModelProto:
     """A repaired copy of ``pruned`` (:class:`passes.transform.recover.RecoverPass`).
 
@@ -80,12 +81,14 @@ def recover(
         ridge: relative ridge strength for ``lsq`` (``λ = ridge * mean diag(AᵀA)``).
         max_rows: patch rows used per batch and layer for ``lsq`` (subsampled with ``seed``).
         refresh_bn: re-estimate BatchNorm statistics after changed layers.
+        downstream: ``lsq`` also refits every layer after a refitted one (see
+            ``passes/transform/recover.py``); False refits the consumers only.
 
     Raises:
         UserError: unusable calibration data; ValueError: unknown method.
     """
     reference = Module(_graph(original), groups, plan=plan)
-    recover_pass = RecoverPass(reference, method, ridge, max_rows, refresh_bn)
+    recover_pass = RecoverPass(reference, method, ridge, max_rows, refresh_bn, downstream)
     ctx = PassContext(seed=seed, tensors=tensor_stream_provider(calib_batches_factory))
     graph = recover_pass(Module(gs.import_onnx(pruned)), ctx).graph
     # The model-level fields (IR version, opsets, metadata) stay those of ``pruned``.

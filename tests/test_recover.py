@@ -272,3 +272,51 @@ def test_bad_batches_surface_in_recover(digits):
     with pytest.raises(UserError, match="generator"):
         calib_factory((b for b in wrong), model)
     assert math.isfinite(model_stats(load_graph(pruned)).macs)
+
+
+def _three_layers(rng) -> onnx.ModelProto:
+    """conv1 (prunable) -> ReLU -> conv2 (the consumer) -> ReLU -> conv3, plus a branch
+    conv0 -> y0 that reads the input only (nothing upstream of it changes)."""
+    mk = helper.make_node
+    nodes = [
+        mk("Conv", ["x", "w1", "b1"], ["pre"], pads=[1] * 4), mk("Relu", ["pre"], ["mid"]),
+        mk("Conv", ["mid", "w2", "b2"], ["h"], pads=[1] * 4), mk("Relu", ["h"], ["h2"]),
+        mk("Conv", ["h2", "w3", "b3"], ["y3"]), mk("Conv", ["x", "w0"], ["y0"]),
+        mk("Add", ["y3", "y0"], ["y"]),
+    ]  # fmt: skip
+    inits = {
+        "w1": rng.standard_normal((C_MID, C_IN, 3, 3)) / 4, "b1": rng.standard_normal(C_MID) / 4,
+        "w2": rng.standard_normal((6, C_MID, 3, 3)) / 8, "b2": rng.standard_normal(6) / 4,
+        "w3": rng.standard_normal((5, 6, 1, 1)) / 2, "b3": rng.standard_normal(5),
+        "w0": rng.standard_normal((5, C_IN, 1, 1)),
+    }  # fmt: skip
+    return _model(nodes, inits, (5, HW, HW))
+
+
+def test_downstream_layers_are_refitted_too():
+    """The consumer's refit cannot repair what the removed channels carried; with
+    ``downstream`` the layer after it is refitted on the consumer's repaired output to
+    the original's, and since it is the last layer (its least-squares fit *is* the
+    output's), the network's output can only move less. Layers upstream and on branches
+    that do not read a changed tensor are left alone."""
+    from onnx_hwprune.passes.transform._recover_ir import consumer_layers
+    from onnx_hwprune.passes.transform.remove_channels import kept_positions
+
+    rng = np.random.default_rng(5)
+    model = _three_layers(rng)
+    groups, plan, pruned = _prune(model, [0, 2, 3, 6])
+    kept = kept_positions(groups, plan)
+    chained = [c.weight for c in consumer_layers(load_graph(model), kept, True)]
+    assert chained == ["w2", "w3"]
+    assert [c.weight for c in consumer_layers(load_graph(model), kept)] == ["w2"]
+    data = _data(rng, 64)
+    factory = calib_factory(data, model, batch_size=16)
+    want = run(model, data)[0]
+
+    def error(downstream):
+        out = recover(model, pruned, groups, plan, factory, downstream=downstream)
+        verify_model(out)
+        return float(np.mean((run(out, data)[0] - want) ** 2))
+
+    alone, chained = error(False), error(True)
+    assert chained < 0.99 * alone, (alone, chained)

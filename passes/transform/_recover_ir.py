@@ -2,7 +2,8 @@
 and their new parameters, written into the pruned graph.
 
 A *consumer* is a Conv/Gemm/MatMul with a constant weight whose input axis lost channels
-(or a grouped/depthwise conv that lost whole groups). It is read from the original graph
+(or a grouped/depthwise conv that lost whole groups), or, for ``downstream`` refits, any
+such layer whose input depends on a consumer's output. It is read from the original graph
 as a :class:`_lsq.LinearLayer` (Gemm ``alpha`` and transposes folded in) and found again
 in the pruned graph by its weight's name: node names may be empty or repeated, weight
 names are unique. Writes replace a constant's values (keeping its dtype), never mutate
@@ -83,11 +84,11 @@ def _layer_of(node: gs.Node, kept: Mapping) -> LinearLayer | None:
     weight = w if conv else _dense_weight(node, w)
     bias = _bias_of(node, weight.shape[0])
     if bias is None:
-        logger.warning("%s: bias is not a constant, left as pruned (no recovery)", node.name)
+        logger.warning("%s: bias is not a constant, not refitted", node.name)
         return None
     in_axis, group = _in_axis(node), int(node.attrs.get("group", 1))
     out_keep = kept.get((weight_name, 1 - in_axis))
-    in_keep = kept.get((weight_name, in_axis))
+    in_keep = kept.get((weight_name, in_axis), np.arange(w.shape[in_axis]))
     if group > 1:  # full input channels (see _refit_grouped.py)
         in_keep = kept.get((node.inputs[0].name, 1), np.arange(w.shape[1] * group))
     spatial, attrs = w.ndim - 2, node.attrs
@@ -109,18 +110,28 @@ def _loses_channels(node: gs.Node, kept: Mapping) -> bool:
     return int(node.attrs.get("group", 1)) > 1 and (weight, 0) in kept
 
 
-def consumer_layers(graph: gs.Graph, kept: Mapping) -> list[Consumer]:
+def consumer_layers(graph: gs.Graph, kept: Mapping, downstream: bool = False) -> list[Consumer]:
     """Consumers of ``graph`` (the original) in topological order: refitted on the pruned
-    input they now see, so the errors of earlier layers do not accumulate."""
-    out = []
+    input they now see, so the errors of earlier layers do not accumulate. With
+    ``downstream``, also every later layer whose input depends on a consumer's output:
+    its weights are intact, but its input carries what the refits upstream could not
+    repair (see ``recover.py``)."""
+    out, changed = [], set()
     for node in graph.nodes:
+        inputs = [t.name for t in node.inputs if not isinstance(t, gs.Constant)]
+        if any(name in changed for name in inputs):
+            changed.update(t.name for t in node.outputs)
         if node.op not in _LAYER_OPS or len(node.inputs) < 2:
             continue
-        if not isinstance(node.inputs[1], gs.Constant) or not _loses_channels(node, kept):
+        if not isinstance(node.inputs[1], gs.Constant):
             continue
+        follows = downstream and node.inputs[0].name in changed
+        if not (_loses_channels(node, kept) or follows):
+            continue
+        changed.update(t.name for t in node.outputs)  # refitted or not, it differs
         layer = _layer_of(node, kept)
         if layer is not None and not layer_is_refittable(layer):
-            logger.warning("%s: not a 2-D conv, left as pruned (no recovery)", node.name)
+            logger.warning("%s: not a 2-D conv, not refitted", node.name)
         elif layer is not None:
             names = (node.inputs[0].name, node.outputs[0].name, node.inputs[1].name)
             out.append(Consumer(node.name, *names, layer))
