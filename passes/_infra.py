@@ -102,6 +102,15 @@ CONFIG_KEYS: Mapping[str, ConfigKey] = {
     "plan.sensitivity_samples": ConfigKey(
         int, 256, "measured sensitivity: calibration samples streamed at most"
     ),
+    "plan.sensitivity_noise": ConfigKey(
+        float,
+        0.1,
+        "measured sensitivity: relative noise energy that weighs each layer "
+        "by its effect on the outputs (0: equal weights)",
+    ),
+    "plan.sensitivity_noise_samples": ConfigKey(
+        int, 32, "measured sensitivity: calibration samples the output weights use"
+    ),
 }
 
 

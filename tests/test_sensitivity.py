@@ -203,3 +203,72 @@ def test_fallback_prices_a_group_by_its_removed_importance_share():
 
     cost = _fallback(np.array([3.0, 1.0, 0.0, 4.0]))  # removed in the order 2, 1, 0, 3
     np.testing.assert_allclose(cost, [0.0, 0.0, 1 / 8, 4 / 8, 1.0])
+
+
+def _two_branches(softmax: bool) -> onnx.ModelProto:
+    """``y = 0.1 * convA(x) + convB(x)`` (then a Softmax over channels if asked): the two
+    convs' outputs have about the same spread, but A's reaches the output 10x weaker."""
+    rng = np.random.default_rng(4)
+    nodes, inits = [], []
+    for name, out in (("convA", "a"), ("convB", "b")):
+        node, init = _conv(name, "x", rng.normal(size=(3, 4, 1, 1)), np.zeros(3), out)
+        nodes.append(node)
+        inits += init
+    inits.append(numpy_helper.from_array(np.array(0.1, np.float32), "tenth"))
+    nodes += [helper.make_node("Mul", ["a", "tenth"], ["a2"]),
+              helper.make_node("Add", ["a2", "b"], ["z" if softmax else "y"])]  # fmt: skip
+    if softmax:
+        nodes.append(helper.make_node("Softmax", ["z"], ["y"], axis=1))
+    value = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        nodes, "branches", [value("x", onnx.TensorProto.FLOAT, [None, 4, 5, 5])],
+        [value("y", onnx.TensorProto.FLOAT, [None, 3, 5, 5])], inits,
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+@pytest.mark.parametrize("softmax", [False, True])
+def test_output_weights_follow_what_reaches_the_output(softmax):
+    from onnx_hwprune.passes.analysis._output_weights import _targets, output_weights
+
+    graph = load_graph(_two_branches(softmax))
+    assert _targets(graph) == ({"z": 1} if softmax else {"y": None})
+    provider = tensor_stream_provider(lambda: [{"x": b["x"] / 20} for b in _batches()], 256)
+    stds = {}
+    for values in provider([(graph, ["a", "b"])]):
+        stds = {t: values[0][t].std(axis=(0, 2, 3)) for t in ("a", "b")}
+        break
+    layers = {"convA": ("a", stds["a"], 1), "convB": ("b", stds["b"], 1)}
+    weights = output_weights(graph, layers, provider, noise=0.1, seed=0, samples=64)
+    assert np.mean(list(weights.values())) == pytest.approx(1.0)
+    assert weights["convA"] < 0.05 * weights["convB"], weights  # 0.1² of the energy
+    assert output_weights(graph, layers, provider, noise=0.1, seed=0, samples=64) == weights
+
+
+def test_output_stds_come_from_the_input_gram():
+    from onnx_hwprune.passes.analysis._output_weights import output_stds
+
+    rng = np.random.default_rng(2)
+    a1 = np.c_[rng.normal(size=(500, 6)) * rng.uniform(0.5, 3, 6) + 1.0, np.ones(500)]
+    w1 = rng.normal(size=(4, 7))
+    np.testing.assert_allclose(output_stds(a1.T @ a1, w1), (a1 @ w1.T).std(axis=0), rtol=1e-9)
+
+
+def test_sensitivity_table_carries_the_output_weights(analysed):
+    mod, _, _ = analysed
+    table = mod.sensitivity
+    assert set(table.weights) == {"conv2", "conv3"}  # the groups' consumers
+    assert all(w > 0 for w in table.weights.values())
+    assert table.summary()["output_weights"] == {n: round(w, 4) for n, w in table.weights.items()}
+
+
+def test_each_consumers_refit_error_is_scaled_by_its_weight(analysed):
+    mod, g1, g2 = analysed
+    ctx = PassContext(tensors=tensor_stream_provider(_batches, 256), seed=0,
+                      config={"plan.sensitivity_noise": 0.0})  # fmt: skip
+    plain = SensitivityAnalysis()(mod.replace(sensitivity=None), ctx).sensitivity
+    assert plain.weights == {}
+    weighted = mod.sensitivity
+    for group, consumer in ((g1, "conv2"), (g2, "conv3")):
+        want = weighted.weights[consumer] * plain.costs[group]
+        np.testing.assert_allclose(weighted.costs[group], want, rtol=1e-9, atol=1e-12)

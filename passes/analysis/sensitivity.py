@@ -40,6 +40,7 @@ import onnx_graphsurgeon as gs
 
 from onnx_hwprune.passes._infra import Module, Pass, PassContext, PassError
 from onnx_hwprune.passes.analysis._gram import GramAccumulator, linear_layer, prefix_residuals
+from onnx_hwprune.passes.analysis._output_weights import output_stds, output_weights
 from onnx_hwprune.passes.analysis.data_importance import consumer_pairs
 from onnx_hwprune.passes.analysis.groups import ChannelGroup, Member
 from onnx_hwprune.passes.transform.recover import LinearLayer
@@ -66,11 +67,14 @@ class SensitivityTable:
     rows: int = 0
     samples: int = 0
     seconds: float = 0.0
+    weights: Mapping[str, float] = field(default_factory=dict)  # per consumer layer
 
     def summary(self) -> dict:
         """The report's ``sensitivity`` entry."""
         return {
-            "objective": "measured refit error (relative, summed over consumer layers)",
+            "objective": "measured refit error (relative, summed over consumer layers"
+            + (", each weighted by its measured effect on the outputs)" if self.weights else ")"),
+            "output_weights": {n: round(w, 4) for n, w in sorted(self.weights.items())},
             "groups_measured": len(self.measured),
             "groups_fallback": dict(sorted(self.fallback.items())),
             "samples": self.samples,
@@ -110,13 +114,14 @@ def _columns(member: Member, layer: LinearLayer, channel: int) -> np.ndarray:
 def group_costs(
     group: ChannelGroup,
     scores: np.ndarray,
-    consumers: list[tuple[Member, LinearLayer, np.ndarray]],
+    consumers: list[tuple[Member, LinearLayer, np.ndarray, float]],
 ) -> np.ndarray | None:
     """``cost[r]`` for ``r = 0 .. size`` removed (see module doc), or None without a
-    measurable consumer. ``consumers``: ``(act_in member, layer, Gram)`` per layer."""
+    measurable consumer. ``consumers``: ``(act_in member, layer, Gram, output weight)``
+    per layer."""
     keep_order = removal_order(scores)[::-1]
     total, used = np.zeros(group.size + 1), 0
-    for member, layer, gram in consumers:
+    for member, layer, gram, scale in consumers:
         blocks = [_columns(member, layer, int(c)) for c in keep_order]
         mine = np.concatenate(blocks) if blocks else np.zeros(0, np.int64)
         fixed = np.setdiff1d(np.arange(gram.shape[0] - 1), mine)
@@ -124,7 +129,7 @@ def group_costs(
         res, centred = prefix_residuals(gram, weight, fixed, blocks)
         if centred <= 0:
             continue  # a constant output: nothing to lose
-        total += (res[::-1] - res[-1]) / centred  # index: removed count
+        total += scale * (res[::-1] - res[-1]) / centred  # index: removed count
         used += 1
     if not used:
         return None
@@ -158,9 +163,11 @@ class SensitivityAnalysis(Pass):
         found = {g.name: _consumers(g, mod.graph) for g in mod.groups.prunable}
         layers = {node.name: (node, layer) for cs in found.values() for _, node, layer in cs}
         grams, samples = self._grams(mod.graph, layers, ctx)
+        weights = self._output_weights(mod.graph, layers, grams, ctx)
         costs, measured, fallback = {}, [], {}
         for g in mod.groups.prunable:
-            triples = [(m, layer, grams[node.name].gram) for m, node, layer in found[g.name]]
+            triples = [(m, layer, grams[node.name].gram, weights.get(node.name, 1.0))
+                       for m, node, layer in found[g.name]]  # fmt: skip
             cost = group_costs(g, mod.scores[g.name], triples) if triples else None
             if cost is None:
                 fallback[g.name] = "no dense consumer layer" if not triples else "constant outputs"
@@ -170,10 +177,24 @@ class SensitivityAnalysis(Pass):
             costs[g.name] = cost
         rows = max((acc.rows for acc in grams.values()), default=0)
         table = SensitivityTable(
-            costs, tuple(measured), fallback, rows, samples, time.perf_counter() - start
-        )
+            costs, tuple(measured), fallback, rows, samples, time.perf_counter() - start,
+            weights,
+        )  # fmt: skip
         log.info("sensitivity: %d groups measured, %d fall back", len(measured), len(fallback))
         return mod.replace(sensitivity=table)
+
+    def _output_weights(self, graph: gs.Graph, layers, grams, ctx: PassContext):
+        """``{layer: weight}`` (``_output_weights.py``); empty when turned off."""
+        noise = ctx.get("plan.sensitivity_noise")
+        if noise <= 0 or not layers:
+            return {}
+        chosen = {}
+        for name, (node, layer) in layers.items():
+            weight = np.concatenate([layer.flat_weight(), layer.bias[:, None]], axis=1)
+            axis = 1 if layer.is_conv else -1
+            chosen[name] = (node.outputs[0].name, output_stds(grams[name].gram, weight), axis)
+        samples = ctx.get("plan.sensitivity_noise_samples")
+        return output_weights(graph, chosen, ctx.tensors, noise, ctx.seed, samples)
 
     def _grams(self, graph: gs.Graph, layers, ctx: PassContext):
         rows, samples = ctx.get("plan.sensitivity_rows"), ctx.get("plan.sensitivity_samples")
