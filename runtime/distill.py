@@ -8,9 +8,10 @@ The pruned ONNX model is converted to PyTorch (``runtime/torch_convert.py``, Bat
 kept unfolded so that every trained tensor is one initializer of the graph), and trained
 with Adam to match the *original* model's outputs, computed by onnxruntime on the same
 augmented calibration batch (the teacher labels whatever input it is shown, so any
-augmentation is label-consistent). Where an output is a Softmax, the student's distribution
-is matched to the teacher's by KL divergence on the logits (see :func:`_soft_target_loss`).
-Optional feature matching adds the kept channels of chosen intermediate tensors.
+augmentation is label-consistent). Where an output is a Softmax, its input (the logits) is
+matched instead: probabilities saturate and give no gradient once the student is
+confidently wrong (KL divergence on the logits is an option, ``softmax_loss``). Optional
+feature matching adds the kept channels of chosen intermediate tensors.
 
 Trained: Conv/ConvTranspose/Gemm weights and biases, constant MatMul weights, BatchNorm
 scale and shift (running statistics stay: with a few hundred samples re-estimating them
@@ -157,7 +158,7 @@ def distill(
     seed: int = 0,
     augment: bool = True,
     features: Mapping[str, np.ndarray] | None = None,
-    softmax_loss: str = "kl",
+    softmax_loss: str = "mse",
     threads: int = 1,
     progress: Progress | None = None,
 ) -> tuple[onnx.ModelProto, DistillResult]:
@@ -173,9 +174,12 @@ def distill(
         augment: random shifts and noise on 4-D image inputs (no flips: see _augment).
         features: ``{tensor: kept original channels}`` also matched (e.g. pruned groups'
             activations); the pruned tensor holds those channels of the original one.
-        softmax_loss: how logits that feed a Softmax are matched: ``"kl"``, the teacher's
-            distribution against the student's (KL divergence over the Softmax's axis), or
-            ``"mse"`` on the logits themselves. See :func:`_soft_target_loss` for why KL.
+        softmax_loss: how logits that feed a Softmax are matched: ``"mse"`` on the logits
+            themselves, or ``"kl"``, the teacher's distribution against the student's (KL
+            divergence over the Softmax's axis, :func:`_soft_target_loss`). Measured from
+            the same ``lsq`` starts (1,024 rendered lines, 4/5 fitted): PP-OCRv5 cls at 0.8,
+            300 steps, accuracy 98.5% by MSE, 96.0% by KL (``lsq`` 96.0%); rec at 0.8,
+            900 s, CER on 300 lines 5.57% by KL at lr 1e-4 (``lsq`` 5.60%), 6.8% at 3e-4.
         threads: torch intra-op threads (fixed, for reproducibility; 1 by default since
             OpenMP threads on a busy CPU slow training down many times).
         progress: called after every step with (step, steps, loss, seconds).
@@ -311,7 +315,7 @@ def _trainable(module: Any, names: Sequence[str]) -> list[tuple[str, Any]]:
 def _make_step(torch: Any, original: onnx.ModelProto, pruned: onnx.ModelProto,
                batch: Mapping[str, np.ndarray], features: Mapping[str, np.ndarray] | None,
                threads: int, chunk: int | None = None,
-               softmax_loss: str = "kl") -> tuple[_Step, list]:  # fmt: skip
+               softmax_loss: str = "mse") -> tuple[_Step, list]:  # fmt: skip
     """The training step for batches shaped like ``batch`` (passes of ``chunk`` samples;
     None: :func:`_micro_batch`'s choice) and the ``(name, tensor)`` pairs it trains."""
     features = dict(features or {})
@@ -443,11 +447,10 @@ def _loss(torch, outputs, wanted, scales, softmax):
 
 def _soft_target_loss(torch, logits, target, axis: int, flattened: bool):
     """KL divergence from the teacher's Softmax to the student's, averaged over the other
-    positions. Matching logits by MSE spends the student's capacity on classes that never
-    win: PP-OCRv5's recognizer scores 18,385 characters at each of 40 positions, and an
-    MSE on all of them is dominated by the tail. KL weighs each class by the teacher's
-    probability, and its gradient (student minus teacher probabilities) does not vanish
-    when the student is confidently wrong, unlike an MSE on the probabilities."""
+    positions. The case for it: an MSE on logits weighs every class alike (PP-OCRv5's
+    recognizer scores 18,385 characters at each of 40 positions), KL by the teacher's
+    probability. Measured, it did not pay (``distill``'s ``softmax_loss``), so it is not
+    the default."""
     if flattened:  # opset < 13: one distribution over every axis from ``axis`` on
         axis = axis % logits.ndim
         logits, target, axis = logits.flatten(start_dim=axis), target.flatten(start_dim=axis), -1

@@ -224,10 +224,11 @@ def _with_softmax(model):
     return model
 
 
-def _gradients(model, pruned, batch, chunk):
+def _gradients(model, pruned, batch, chunk, softmax_loss="mse"):
     from onnx_hwprune.runtime import distill as d
 
-    step, params = d._make_step(torch, model, pruned, batch, None, threads=1, chunk=chunk)
+    step, params = d._make_step(torch, model, pruned, batch, None, threads=1, chunk=chunk,
+                                softmax_loss=softmax_loss)  # fmt: skip
     loss = step(batch)
     return loss, {name: p.grad.numpy().copy() for name, p in params}
 
@@ -235,11 +236,13 @@ def _gradients(model, pruned, batch, chunk):
 @pytest.mark.parametrize("softmax", [False, True])
 def test_a_step_in_chunks_is_the_step_on_the_whole_batch(softmax):
     model, _, _, pruned, rng = _case(seed=2)
+    loss_kind = "mse"
     if softmax:  # the KL loss's mean over positions must split like the MSE's
-        model, pruned = _with_softmax(model), _with_softmax(pruned)
+        model, pruned, loss_kind = _with_softmax(model), _with_softmax(pruned), "kl"
     batch = _data(rng, 32)
-    loss, whole = _gradients(model, pruned, batch, chunk=32)
-    loss_in_parts, parts = _gradients(model, pruned, batch, chunk=10)  # 10 + 10 + 10 + 2
+    loss, whole = _gradients(model, pruned, batch, chunk=32, softmax_loss=loss_kind)
+    # passes of 10 + 10 + 10 + 2
+    loss_in_parts, parts = _gradients(model, pruned, batch, chunk=10, softmax_loss=loss_kind)
     assert loss_in_parts == pytest.approx(loss, rel=1e-5)
     assert whole and whole.keys() == parts.keys()
     for name, grad in whole.items():
@@ -297,7 +300,7 @@ def test_distillation_through_a_softmax_lowers_held_back_disagreement():
     model, pruned = _with_softmax(model), _with_softmax(pruned)
     train, held = _data(rng, 128), _data(rng, 64)
     factory = calib_factory(train, model, batch_size=32)
-    out, info = distill(model, pruned, factory, steps=120, lr=1e-2, seed=3)
+    out, info = distill(model, pruned, factory, steps=120, lr=1e-2, seed=3, softmax_loss="kl")
     assert info.write_back_error <= 1e-4
 
     def kl(student):
