@@ -296,7 +296,7 @@ def _chains(graph) -> list[list]:
             if len(users) != 1:
                 break
             cur = users[0]
-            if cur.op in _PER_CHANNEL:
+            if cur.op in _PER_CHANNEL or _channel_affine(cur):
                 continue
             if cur.op == "Conv" and _depthwise(cur) and len(path) == 1:
                 path.append(cur)
@@ -306,6 +306,15 @@ def _chains(graph) -> list[list]:
                 chains.append(path)
             break
     return chains
+
+
+def _channel_affine(node) -> bool:
+    """A Mul/Add by a per-channel constant ``[C, 1, 1]`` (DenseNet-121 of the light zoo
+    scales after each BatchNorm so)."""
+    if node.op not in ("Mul", "Add") or len(node.inputs) != 2:
+        return False
+    const = node.inputs[1]
+    return isinstance(const, gs.Constant) and const.values.ndim == 3 and const.values.size > 1
 
 
 def _dense(node) -> bool:
@@ -347,6 +356,8 @@ def _cut(chain, k, channels) -> None:
         if cur.op == "BatchNormalization":
             for p in cur.inputs[1:]:
                 p.values = p.values[:k]
+        elif _channel_affine(cur):
+            cur.inputs[1].values = cur.inputs[1].values[:k]
         elif cur is not cons and cur.op == "Conv":
             cur.inputs[1].values = cur.inputs[1].values[:k]
             for extra in cur.inputs[2:]:
