@@ -5,13 +5,16 @@ keep: the strongest by ``Module.scores``, the planner's own order), the cost is 
 relative output error of the group's consumer layers after their least-squares refit on
 the kept channels (what ``--recover lsq`` does), summed over the consumers::
 
-    cost_g[r] = Σ_consumers ‖Y - refit_k(A_kept)‖² / ‖Y - mean(Y)‖²,   r = size - k removed
+    cost_g[r] = Σ_consumers w_c · ‖Y - refit_k(A_kept)‖² / ‖Y - mean(Y)‖²,   r = size - k
 
 ``Y`` is the consumer's output on the *original* model's input (ThiNet's and the channel-
 pruning papers' per-layer formulation; the groups are measured one at a time, so the
-costs of two groups add). Example: a Conv(3→8) whose channel 2 has the smallest filter
-norm but feeds the next conv through large, unpredictable activations: removing it
-costs a large share of the next conv's output, and the planner keeps it; a channel that
+costs of two groups add). ``w_c`` is how much of an error at that consumer reaches the
+network's outputs, measured by injecting noise there (``_output_weights.py``; mean 1 over
+the consumers; ``plan.sensitivity_noise = 0`` makes every ``w_c`` 1).
+
+Example: a Conv(3→8) whose channel 2 has the smallest filter norm but feeds the next
+conv through large, unpredictable activations: removing it costs a large share of the next conv's output, and the planner keeps it; a channel that
 is zero or constant on the data costs exactly nothing (a constant is absorbed by the
 refit's bias).
 
