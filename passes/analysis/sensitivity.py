@@ -14,9 +14,9 @@ network's outputs, measured by injecting noise there (``_output_weights.py``; me
 the consumers; ``plan.sensitivity_noise = 0`` makes every ``w_c`` 1).
 
 Example: a Conv(3→8) whose channel 2 has the smallest filter norm but feeds the next
-conv through large, unpredictable activations: removing it costs a large share of the next conv's output, and the planner keeps it; a channel that
-is zero or constant on the data costs exactly nothing (a constant is absorbed by the
-refit's bias).
+conv through large, unpredictable activations: removing it costs a large share of the
+next conv's output, and the planner keeps it; a channel that is zero or constant on the
+data costs exactly nothing (a constant is absorbed by the refit's bias).
 
 Cost (see ``_gram.py``): one streamed pass of the model over the calibration data keeps
 one Gram matrix per consumer layer (about ``plan.sensitivity_rows`` patch rows over
