@@ -402,7 +402,9 @@ class _Step:
 
 
 def _as_tensor(torch: Any, array: np.ndarray) -> Any:
-    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    # A read-only array is copied: torch warns on (and must not write to) a shared one.
+    array = np.ascontiguousarray(array) if array.flags.writeable else np.array(array)
+    tensor = torch.from_numpy(array)
     return tensor.contiguous(memory_format=torch.channels_last) if tensor.ndim == 4 else tensor
 
 

@@ -97,3 +97,40 @@ def test_int8_glue_counts_float_work_between_dequantize_and_quantize():
     counts = glue(int8(FAMILIES["se"]()))  # HardSwish, SiLU, PRelu: no int8 kernels
     assert counts and not {"Conv", "Gemm", "MatMul", "QLinearConv"} & set(counts), counts
     assert "PRelu" in counts, counts
+
+
+def test_whole_network_variants_cut_coupled_groups_and_record_true_counts():
+    """The latency benchmark's pruned variants come from the project's group analysis:
+    residual-coupled channels are cut too (a conv -> conv chain finder never reaches the
+    stem of a ResNet), each variant runs, and the counts it records for the cost model are
+    the ones its weights really have."""
+    import random
+
+    import numpy as np
+    import onnx_graphsurgeon as gs
+    import onnxruntime as ort
+
+    bench_model = _tool("bench_latency_model")
+    model = bench_model._load("resnet18", 32)
+    variants = bench_model._variants(model, 3, random.Random(0))
+    assert set(variants) == {"full", "aligned160", "unaligned1", "mixed2"}
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32), dtype=np.float32)
+    stems = set()
+    for name, (pruned, channels) in list(variants.items())[1:]:
+        assert channels, name
+        weights = {n.name: _out_in(n) for n in gs.import_onnx(pruned).nodes
+                   if n.op in ("Conv", "Gemm")}  # fmt: skip
+        for node, (cin, cout) in channels.items():
+            assert weights[node] == (cout, cin), (name, node)
+        stems.add(channels.get("conv1", (3, 64))[1])
+        sess = ort.InferenceSession(pruned.SerializeToString(), providers=["CPUExecutionProvider"])
+        (y,) = sess.run(None, {sess.get_inputs()[0].name: x})
+        assert y.shape[0] == 1 and np.isfinite(y).all()
+    assert stems - {64}, "the residual-coupled stem was never cut"
+
+
+def _out_in(node) -> tuple[int, int]:
+    shape = node.inputs[1].values.shape
+    if node.op == "Gemm" and not node.attrs.get("transB", 0):
+        return shape[1], shape[0]
+    return shape[0], shape[1]

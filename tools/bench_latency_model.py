@@ -43,7 +43,10 @@ from onnx_hwprune.context_configs import context_models
 from onnx_hwprune.cost_models.network import LayerEntry, NetworkCostModel, prediction_report
 from onnx_hwprune.cost_models.profile_db import ProfileDB
 from onnx_hwprune.cost_models.signature import extract_layers
-from onnx_hwprune.frontends.onnx import normalize_model
+from onnx_hwprune.frontends.onnx import export_model, load_graph, normalize_model
+from onnx_hwprune.passes.analysis.channel_groups import analyze_channel_groups
+from onnx_hwprune.passes.plan.plan import GroupPlan, Plan
+from onnx_hwprune.passes.transform.remove_channels import remove_channels
 from onnx_hwprune.runtime.microbench import measure_points
 from onnx_hwprune.runtime.profiler import (
     ProfileOptions,
@@ -162,7 +165,8 @@ def _family_row(layer, model, backend, target, args, rng) -> dict:
             pair = _pair(name, c, layer, model)
             pairs.append(pair)
             preds.append(("axis", pair, model.latency(*pair)))
-    if sig.group_kind == "dense" and len(model.axes) == 2:
+    both = len(model.axes) == 2 and all(p.lo < p.full for _, p in model.axes)
+    if sig.group_kind == "dense" and both:  # a 1-channel axis (det's head) has no room
         for _ in range(args.holdout // 2):
             pair = (rng.randint(model.axis("in").lo, layer.in_channels - 1),
                     rng.randint(model.axis("out").lo, layer.out_channels - 1))  # fmt: skip
@@ -260,22 +264,30 @@ def _bench_whole(model, layers, models, backend, target, args, rng, db) -> dict:
 
 
 def _variants(model, count, rng) -> dict:
-    """name -> (pruned model, channels by layer); the first is the unpruned model."""
-    graph = gs.import_onnx(model)
-    chains = _chains(graph)
+    """name -> (pruned model, channels by layer); the first is the unpruned model.
+
+    Every prunable channel group of the project's own analysis is cut (keeping its first
+    channels), so the variants cover what a plan may cut: residual-coupled groups and
+    whatever a hand-written chain finder would miss (PP-OCRv5's recognizer has no plain
+    conv -> conv chain). Groups under 8 channels stay whole."""
+    graph = load_graph(model)
+    groups = analyze_channel_groups(graph)
+    full = {x.node: (x.in_channels, x.out_channels) for x in extract_layers(graph)}
     out = {"full": (model, {})}
     styles = ["aligned16", "unaligned", "mixed"]
     for v in range(count):
         style = styles[v % len(styles)]
-        keeps = {}
-        for chain in chains:
-            n = chain[0].outputs[0].shape[1] if chain[0].op == "Conv" else _gemm_out(chain[0])
-            k = max(1, int(n * rng.uniform(0.4, 0.95)))
+        cut = {}
+        for g in groups.prunable:
+            k = max(1, int(g.size * rng.uniform(0.4, 0.95)))
             if style == "aligned16" or (style == "mixed" and rng.random() < 0.5):
                 k = max(16, k - k % 16)
-            k = min(k, n)  # a chain narrower than 16 stays whole: never record k > n
-            keeps[chain[0].name] = k
-        out[f"{style}{v}"] = _prune(model, keeps)
+            if g.size >= 8 and k < g.size:
+                cut[g.name] = GroupPlan(g.size, tuple(range(k)))
+        pruned = export_model(remove_channels(load_graph(model), groups, Plan(cut, "bench")))
+        counts = {x.node: (x.in_channels, x.out_channels)
+                  for x in extract_layers(gs.import_onnx(pruned))}  # fmt: skip
+        out[f"{style}{v}"] = (pruned, {n: c for n, c in counts.items() if c != full.get(n)})
     return out
 
 
