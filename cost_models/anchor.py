@@ -34,7 +34,9 @@ def layer_sum(cost: NetworkCostModel, channels=None) -> float:
 
 
 def _rescaled(cost: NetworkCostModel, a: float, residual: float, full_ms: float):
-    layers = tuple(replace(e, scale=e.scale * a) for e in cost.layers)
+    layers = tuple(
+        replace(e, scale=e.scale * a, follower_ms=e.follower_ms * a) for e in cost.layers
+    )
     return replace(cost, layers=layers, residual_ms=residual, measured_full_ms=full_ms)
 
 

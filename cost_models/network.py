@@ -1,10 +1,13 @@
 """Whole-network latency: per-layer staircase models plus a measured residual.
 
-``predict(channels) = sum_l scale_l * L_l(in_l, out_l) + residual``, where ``L_l`` is the
-layer's :class:`~onnx_hwprune.cost_models.staircase.StaircaseModel` (micro-benchmarks),
-``scale_l`` calibrates it to the layer's measured in-context time (1.0 where the target has
-no per-node profiler), and ``residual`` is the measured time of everything that is not a
-prunable layer (pooling, adds, layout reorders, runtime overhead), held constant. At the
+``predict(channels) = sum_l [scale_l * L_l(in_l, out_l) + F_l * out_l / full_out_l]
++ residual``, where ``L_l`` is the layer's
+:class:`~onnx_hwprune.cost_models.staircase.StaircaseModel` (micro-benchmarks), ``scale_l``
+calibrates it to the layer's measured in-context time (1.0 where the target has no
+per-node profiler), ``F_l`` is the measured time of the nodes that only carry the layer's
+out-channels on (activations, pooling, the SE block's Mul: they scale with the channels
+kept), and ``residual`` is the measured time of everything else (reshapes, concats,
+layout reorders, runtime overhead), held constant. At the
 unpruned channel counts the prediction equals the measured whole-model latency by
 construction; pruned variants are where it is tested (:func:`prediction_report`).
 """
@@ -44,6 +47,8 @@ class LayerEntry:
         model: its staircase model; ``scale``: in-context / micro-benchmark at full counts.
         context: measured in-context correction at pruned counts (relative to ``scale``;
             None: the isolated staircase alone, as before in-context points existed).
+        follower_ms: in-context time of the nodes that carry its out-channels on, at full
+            counts; scales with the out-channels kept.
     """
 
     node: str
@@ -52,11 +57,18 @@ class LayerEntry:
     model: StaircaseModel
     scale: float = 1.0
     context: ContextCorrection | None = None
+    follower_ms: float = 0.0
 
     def factor(self, in_ch: int, out_ch: int) -> float:
         """Calibration of the staircase at these counts: ``scale`` times the in-context
         correction."""
         return self.scale * (self.context.factor(in_ch, out_ch) if self.context else 1.0)
+
+    def calibrated(self, ms: float, in_ch: int, out_ch: int) -> float:
+        """The layer's staircase time ``ms`` at these counts, calibrated, plus its
+        followers' share at ``out_ch``."""
+        follow = self.follower_ms * out_ch / max(1, self.out_channels)
+        return ms * self.factor(in_ch, out_ch) + follow
 
 
 @dataclass(frozen=True)
@@ -87,12 +99,12 @@ class NetworkCostModel:
         """Calibrated latency of one layer at (in, out) channels, with provenance."""
         entry = self.layer(node)
         est = entry.model.latency(in_ch, out_ch)
-        return Estimate(est.ms * entry.factor(in_ch, out_ch), est.provenance)
+        return Estimate(entry.calibrated(est.ms, in_ch, out_ch), est.provenance)
 
     def stair_edges(self, node: str, axis: str) -> list[tuple[int, float]]:
         """Largest count at each latency level of ``node`` along ``axis`` (calibrated ms)."""
         entry = self.layer(node)
-        return [(c, ms * entry.factor(*_counts_on(entry, axis, c)))
+        return [(c, entry.calibrated(ms, *_counts_on(entry, axis, c)))
                 for c, ms in entry.model.stair_edges(axis)]  # fmt: skip
 
     def predict(self, channels: Mapping[str, tuple[int, int]] | None = None) -> float:
@@ -124,6 +136,7 @@ class NetworkCostModel:
                     "in": e.in_channels,
                     "out": e.out_channels,
                     "scale": e.scale,
+                    "follower_ms": e.follower_ms,
                     "model": e.model.to_dict(),
                     **({"context": e.context.to_dict()} if e.context else {}),
                 }
@@ -142,6 +155,7 @@ class NetworkCostModel:
                 StaircaseModel.from_dict(x["model"]),
                 x["scale"],
                 ContextCorrection.from_dict(x["context"]) if "context" in x else None,
+                x.get("follower_ms", 0.0),
             )  # fmt: skip
             for x in d["layers"]
         )
@@ -204,6 +218,7 @@ def assemble_cost_model(
     """
     require_layers(layers)
     scales = calibration.get("scales", {})
+    followers = calibration.get("followers", {})
     entries = tuple(
         LayerEntry(
             layer.node,
@@ -212,6 +227,7 @@ def assemble_cost_model(
             staircases[layer_key(layer)],
             scales.get(layer.node, 1.0),
             (context or {}).get(layer.node),
+            followers.get(layer.node, 0.0),
         )
         for layer in layers
     )

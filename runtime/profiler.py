@@ -232,11 +232,13 @@ def calibrate(
     models: dict,
     timing: TimingConfig | None = None,
     total_ms: float | None = None,
-) -> tuple[float, float, dict[str, float]]:
-    """Measure the whole model; returns (total ms, residual ms, per-layer scale).
+) -> tuple[float, float, dict[str, float], dict[str, float]]:
+    """Measure the whole model; returns (total ms, residual ms, per-layer scale, per-layer
+    follower ms).
 
     With a backend offering ``node_times(model)`` (onnxruntime), each layer's in-context
-    share calibrates its micro-benchmark and the unattributed time is the residual.
+    share calibrates its micro-benchmark, the nodes that only carry a layer's channels on
+    are its followers (they scale with its out-channels) and the rest is the residual.
     Otherwise (TVM) one global scale spreads the whole-model time over the layers in
     proportion to their micro-benchmarks and the residual is 0: the unprofiled rest
     (BatchNorm, activations and adds, which TVM's default pipeline does not fuse) scales
@@ -248,13 +250,14 @@ def calibrate(
     micro = {l.node: models[layer_key(l)].full_ms for l in layers}  # noqa: E741
     node_times = getattr(backend, "node_times", None)
     if node_times is None:
-        return total, 0.0, dict.fromkeys(micro, total / sum(micro.values()))
+        return total, 0.0, dict.fromkeys(micro, total / sum(micro.values())), {}
     from onnx_hwprune.runtime.node_profile import attribute_to_layers
 
     ctx = attribute_to_layers(model, node_times(model), [l.node for l in layers], total)  # noqa: E741
     scales = {n: (ctx.layer_ms[n] / micro[n] if ctx.layer_ms[n] > 0 else 1.0) for n in micro}
-    residual = total - sum(micro[n] * scales[n] for n in micro)
-    return total, residual, scales
+    followers = dict(ctx.follower_ms)
+    residual = total - sum(micro[n] * scales[n] for n in micro) - sum(followers.values())
+    return total, residual, scales, followers
 
 
 def _time_model(model: onnx.ModelProto, backend: Backend, timing: TimingConfig | None) -> float:
@@ -301,9 +304,12 @@ def build_cost_model(
     models = profile_layers(layers, backend, target, db, options, progress)
     fp, mkey = backend.fingerprint_hash(), model_key(model)
     cal = db.get_calibration(target, fp, mkey) if db else None
-    if cal is None:
-        total, residual, scales = calibrate(model, backend, layers, models)
-        cal = {"total_ms": total, "residual_ms": residual, "scales": scales}
+    # A calibration stored before followers were separated held them in the residual.
+    stale = cal is not None and "followers" not in cal and hasattr(backend, "node_times")
+    if cal is None or stale:
+        total, residual, scales, followers = calibrate(model, backend, layers, models)
+        cal = {"total_ms": total, "residual_ms": residual, "scales": scales,
+               "followers": followers}  # fmt: skip
         if db:
             db.put_calibration(target, fp, mkey, cal)
     key = (target, fp, mkey)

@@ -99,8 +99,35 @@ def test_in_context_attribution_scales_to_total():
     node_ms = OrtCpuBackend(threads=1).node_times(model)
     assert node_ms, "the profiler reported no node"
     ctx = attribute_to_layers(model, node_ms, ["conv0", "conv1", "fc"], 10.0)
-    assert sum(ctx.layer_ms.values()) + ctx.residual_ms == pytest.approx(10.0)
+    attributed = sum(ctx.layer_ms.values()) + sum(ctx.follower_ms.values())
+    assert attributed + ctx.residual_ms == pytest.approx(10.0)
     assert ctx.layer_ms["conv1"] > 0 and ctx.residual_ms >= 0
+
+
+def test_nodes_carrying_a_layers_channels_follow_it_and_the_rest_is_residual():
+    """conv c0 -> HardSwish -> Mul -> conv c1 -> Reshape -> Relu: the HardSwish and the
+    Mul carry c0's channels (kernels named after a node or its output tensor); after the
+    Reshape nothing is a layer's channels any more."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = [numpy_helper.from_array(np.ones((8, 3, 1, 1), np.float32), "w0"),
+         numpy_helper.from_array(np.ones((8, 8, 1, 1), np.float32), "w1"),
+         numpy_helper.from_array(np.array([1, -1], np.int64), "shape")]  # fmt: skip
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["t0"], name="c0"),
+             helper.make_node("HardSwish", ["t0"], ["t1"], name="hs"),
+             helper.make_node("Mul", ["t1", "t1"], ["t2"], name="m"),
+             helper.make_node("Conv", ["t2", "w1"], ["t3"], name="c1"),
+             helper.make_node("Reshape", ["t3", "shape"], ["t4"], name="r"),
+             helper.make_node("Relu", ["t4"], ["y"], name="rr")]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 128])], w)  # fmt: skip
+    model = helper.make_model(graph)
+    node_ms = {"c0": 1.0, "hs": 2.0, "t2": 3.0, "c1": 4.0, "r": 5.0, "rr": 6.0}
+    ctx = attribute_to_layers(model, node_ms, ["c0", "c1"], total_ms=42.0)  # 2x profiled
+    assert ctx.layer_ms == pytest.approx({"c0": 2.0, "c1": 8.0})
+    assert ctx.follower_ms == pytest.approx({"c0": 10.0})
+    assert ctx.residual_ms == pytest.approx(22.0)
 
 
 def _cli(*argv):
@@ -196,8 +223,10 @@ def test_calibration_without_node_profiler_uses_one_global_scale():
         )
         for x in layers
     }
-    total, residual, scales = calibrate(model, NoProfiler(), layers, models, total_ms=6.0)
-    assert (total, residual) == (6.0, 0.0)
+    total, residual, scales, followers = calibrate(
+        model, NoProfiler(), layers, models, total_ms=6.0
+    )
+    assert (total, residual, followers) == (6.0, 0.0, {})
     assert all(s == pytest.approx(6.0 / len(layers)) for s in scales.values())
 
 

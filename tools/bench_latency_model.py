@@ -227,11 +227,18 @@ def _bench_whole(model, layers, models, backend, target, args, rng, db) -> dict:
     timings = measure({n: r.sample for n, r in runnables.items()}, TimingConfig(rounds=7))
     del runnables
     # The unpruned model's time comes from the same interleaved batch as the variants.
-    total, residual, scales = calibrate(
+    total, residual, scales, followers = calibrate(
         model, backend, layers, models, total_ms=timings["full"].median_ms
     )
     entries = tuple(
-        LayerEntry(x.node, x.in_channels, x.out_channels, models[key[x.node]], scales[x.node])
+        LayerEntry(
+            x.node,
+            x.in_channels,
+            x.out_channels,
+            models[key[x.node]],
+            scales[x.node],
+            follower_ms=followers.get(x.node, 0.0),
+        )
         for x in layers
     )
     cost = NetworkCostModel(target, backend.fingerprint_hash(), entries, residual, total)
@@ -250,12 +257,19 @@ def _bench_whole(model, layers, models, backend, target, args, rng, db) -> dict:
     ctx_entries = tuple(replace(e, context=context.get(e.node)) for e in entries)
     ctx_cost = replace(cost, layers=ctx_entries)
     ctx_cases = [(n, ctx_cost.predict(ch), timings[n].median_ms) for n, ch in pruned.items()]
+    # The same with the followers held constant in the residual (the model before they
+    # were separated), to show what they change.
+    const = replace(ctx_cost, layers=tuple(replace(e, follower_ms=0.0) for e in ctx_entries),
+                    residual_ms=residual + sum(followers.values()))  # fmt: skip
+    const_cases = [(n, const.predict(ch), timings[n].median_ms) for n, ch in pruned.items()]
     return {
         "measured_full_ms": total,
         "residual_ms": residual,
         "calibrated": prediction_report(cases),
         "uncalibrated": prediction_report(raw_cases),
         "in_context": prediction_report(ctx_cases),
+        "in_context_followers_constant": prediction_report(const_cases),
+        "followers_ms": sum(followers.values()),
         "in_context_seconds": time.monotonic() - t0,
         "variants": {
             n: {"channels": {k: list(v) for k, v in ch.items()}} for n, ch in pruned.items()
