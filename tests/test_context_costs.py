@@ -19,7 +19,7 @@ from onnx_hwprune.cost_models.network import NetworkCostModel
 from onnx_hwprune.cost_models.profile_db import ProfileDB
 from onnx_hwprune.cost_models.staircase import StaircaseModel
 from onnx_hwprune.errors import UserError
-from onnx_hwprune.frontends.onnx import export_model, load_graph
+from onnx_hwprune.frontends.onnx import export_model, load_graph, normalize_model
 from onnx_hwprune.passes.analysis.channel_groups import analyze_channel_groups
 from onnx_hwprune.passes.analysis.importance import channel_importance
 from onnx_hwprune.passes.plan.latency import LatencyPlanner
@@ -166,7 +166,6 @@ def test_points_are_stored_apart_and_reused(profiled):
     model, machine, cost, _, path = profiled
     with ProfileDB(path) as db:
         fp = machine.fingerprint_hash()
-        from onnx_hwprune.frontends.onnx import normalize_model
 
         points = db.get_context("cpu", fp, model_key(normalize_model(model)))
         assert {p.config for p in points} == {"full", "v0", "v1", "v2", "v3"}
@@ -279,3 +278,19 @@ def test_configurations_probe_each_alignment_class():
     plans = config_plans(analyze_channel_groups(load_graph(_chain())))
     counts = {name: sorted(len(gp.keep) for gp in p.groups.values()) for name, p in plans.items()}
     assert counts == {"v0": [15, 15], "v1": [14, 14], "v2": [12, 12], "v3": [8, 8]}
+
+
+def test_a_calibration_stored_before_followers_is_measured_again(tmp_path):
+    """A calibration from an older database held the followers' time in its constant
+    residual: with a per-node profiler at hand it is re-measured, not trusted."""
+    model = _chain()
+    with ProfileDB(tmp_path / "p.sqlite") as db:
+        first = build_cost_model(model, LayoutMachine(), "cpu", db, FAST)
+        key = ("cpu", LayoutMachine().fingerprint_hash(), model_key(normalize_model(model)))
+        stored = db.get_calibration(*key)
+        assert stored is not None and "followers" in stored
+        old = {k: v for k, v in stored.items() if k != "followers"}
+        db.put_calibration(*key, {**old, "residual_ms": 99.0})
+        again = build_cost_model(model, LayoutMachine(), "cpu", db, FAST)
+        assert "followers" in db.get_calibration(*key)
+    assert again.residual_ms == pytest.approx(first.residual_ms) != 99.0
