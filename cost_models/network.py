@@ -88,6 +88,11 @@ class NetworkCostModel:
     residual_ms: float
     measured_full_ms: float | None = None
 
+    @property
+    def followers_ms(self) -> float:
+        """The followers' time at full counts, summed over the layers."""
+        return sum(e.follower_ms for e in self.layers)
+
     def layer(self, node: str) -> LayerEntry:
         """The entry of layer ``node`` (KeyError names the node)."""
         for entry in self.layers:

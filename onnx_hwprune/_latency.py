@@ -197,7 +197,7 @@ def predicted_section(cost, graph, groups: ChannelGroups, plan: Plan) -> dict[st
         "network_ms": [before["total_ms"], after["total_ms"]],
         "provenance": [before.get("provenance"), after.get("provenance")],
         "residual_ms": cost.residual_ms,
-        "followers_ms": sum(getattr(e, "follower_ms", 0.0) for e in cost.layers),
+        "followers_ms": getattr(cost, "followers_ms", 0.0),  # the mali model has none
         # the original as measured when planning (None: nothing measured here)
         "anchored_to_ms": getattr(cost, "measured_full_ms", None),
         "layers": layers,

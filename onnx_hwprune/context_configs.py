@@ -29,7 +29,7 @@ from onnx_hwprune.passes.analysis.groups import ChannelGroups
 from onnx_hwprune.passes.plan.plan import GroupPlan, Plan
 from onnx_hwprune.passes.transform.remove_channels import remove_channels
 
-__all__ = ["CONFIGS", "config_plans", "context_models"]
+__all__ = ["CONFIGS", "config_plans", "context_models", "first_channels_plan"]
 
 _MIN_GROUP = 8  # smaller groups stay whole: too few channels for a class probe
 CONFIGS: dict[str, Callable[[int], int | None]] = {
@@ -49,16 +49,22 @@ def _below_with_valuation(n: int, v: int) -> int | None:
 
 def config_plans(groups: ChannelGroups) -> dict[str, Plan]:
     """The plans of :data:`CONFIGS` for the prunable ``groups`` (empty ones dropped)."""
-    plans = {}
-    for name, count_of in CONFIGS.items():
-        cut = {}
-        for g in groups.prunable:
-            k = count_of(g.size) if g.size >= _MIN_GROUP else None
-            if k is not None and 0 < k < g.size:
-                cut[g.name] = GroupPlan(g.size, tuple(range(k)))
-        if cut:
-            plans[name] = Plan(cut, method="context")
-    return plans
+    plans = {name: first_channels_plan(groups, count_of) for name, count_of in CONFIGS.items()}
+    return {name: plan for name, plan in plans.items() if plan.groups}
+
+
+def first_channels_plan(
+    groups: ChannelGroups, count_of: Callable[[int], int | None], method: str = "context"
+) -> Plan:
+    """Every prunable group of 8 channels or more keeps its first ``count_of(size)``
+    channels (None, 0 or the full size: it stays whole). ``count_of`` is called for every
+    prunable group in order, so a random one draws the same sequence whatever it cuts."""
+    cut = {}
+    for g in groups.prunable:
+        k = count_of(g.size)
+        if g.size >= _MIN_GROUP and k is not None and 0 < k < g.size:
+            cut[g.name] = GroupPlan(g.size, tuple(range(k)))
+    return Plan(cut, method=method)
 
 
 def context_models(model: onnx.ModelProto) -> dict[str, onnx.ModelProto]:

@@ -39,13 +39,12 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnx_hwprune.context_configs import context_models
+from onnx_hwprune.context_configs import context_models, first_channels_plan
 from onnx_hwprune.cost_models.network import LayerEntry, NetworkCostModel, prediction_report
 from onnx_hwprune.cost_models.profile_db import ProfileDB
 from onnx_hwprune.cost_models.signature import extract_layers
 from onnx_hwprune.frontends.onnx import export_model, load_graph, normalize_model
 from onnx_hwprune.passes.analysis.channel_groups import analyze_channel_groups
-from onnx_hwprune.passes.plan.plan import GroupPlan, Plan
 from onnx_hwprune.passes.transform.remove_channels import remove_channels
 from onnx_hwprune.runtime.microbench import measure_points
 from onnx_hwprune.runtime.profiler import (
@@ -291,23 +290,19 @@ def _variants(model, count, rng) -> dict:
     styles = ["aligned16", "unaligned", "mixed"]
     for v in range(count):
         style = styles[v % len(styles)]
-        cut = {}
-        for g in groups.prunable:
-            k = max(1, int(g.size * rng.uniform(0.4, 0.95)))
+
+        def count_of(size: int, style=style) -> int:
+            k = max(1, int(size * rng.uniform(0.4, 0.95)))
             if style == "aligned16" or (style == "mixed" and rng.random() < 0.5):
                 k = max(16, k - k % 16)
-            if g.size >= 8 and k < g.size:
-                cut[g.name] = GroupPlan(g.size, tuple(range(k)))
-        pruned = export_model(remove_channels(load_graph(model), groups, Plan(cut, "bench")))
+            return k
+
+        plan = first_channels_plan(groups, count_of, method="bench")
+        pruned = export_model(remove_channels(graph, groups, plan))  # a copy: graph stays
         counts = {x.node: (x.in_channels, x.out_channels)
                   for x in extract_layers(gs.import_onnx(pruned))}  # fmt: skip
         out[f"{style}{v}"] = (pruned, {n: c for n, c in counts.items() if c != full.get(n)})
     return out
-
-
-def _gemm_out(node) -> int:
-    w = node.inputs[1].values
-    return w.shape[0] if int(node.attrs.get("transB", 0)) else w.shape[1]
 
 
 def _chains(graph) -> list[list]:
