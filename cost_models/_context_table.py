@@ -40,6 +40,15 @@ def insert(
     )
 
 
+def delete(conn: sqlite3.Connection, target: str, fp_hash: str, model: str) -> None:
+    """Drop every stored point of a model on a device (the caller holds the write
+    transaction)."""
+    conn.execute(
+        "DELETE FROM context_points WHERE target=? AND fp_hash=? AND model=?",
+        (target, fp_hash, model),
+    )
+
+
 def select(conn: sqlite3.Connection, target: str, fp_hash: str, model: str) -> list[ContextPoint]:
     """Every stored point of a model on a device, in a stable order."""
     cur = conn.execute(

@@ -343,8 +343,10 @@ class ProfileDB:
     def put_context(
         self, target: str, fp_hash: str, model: str, points: Iterable[ContextPoint]
     ) -> None:
-        """Store in-context points of a model (see :mod:`~.context`); one transaction."""
+        """Store the in-context points of a model (see :mod:`~.context`), replacing the
+        set stored before (one measurement is one set); one transaction."""
         with self._write(self._conn):
+            _context_table.delete(self._conn, target, fp_hash, model)
             _context_table.insert(self._conn, target, fp_hash, model, points)
 
     def get_context(self, target: str, fp_hash: str, model: str) -> list[ContextPoint]:

@@ -208,7 +208,9 @@ def _sense(job: _Job) -> _Job:
     scored = _scored(job.opts, job.mod, job.factory, job.ctx)
     if job.shared.sensitivity is None:
         job.shared.sensitivity = _sensitivity(job.opts, scored, job.factory, job.ctx).sensitivity
-    return job.but(mod=scored.replace(sensitivity=job.shared.sensitivity))
+    table = job.shared.sensitivity
+    # the planner removes channels in the order the table priced (greedy or the criterion)
+    return job.but(mod=scored.replace(sensitivity=table, scores={**scored.scores, **table.scores}))
 
 
 def _plan_and_remove(job: _Job) -> _Job:

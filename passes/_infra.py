@@ -111,6 +111,12 @@ CONFIG_KEYS: Mapping[str, ConfigKey] = {
     "plan.sensitivity_noise_samples": ConfigKey(
         int, 32, "measured sensitivity: calibration samples the output weights use"
     ),
+    "plan.sensitivity_order": ConfigKey(
+        str,
+        "greedy",
+        "measured sensitivity: which channels leave first: 'criterion' (the --criterion "
+        "scores) or 'greedy' (the channel the others can best refit, one at a time)",
+    ),
 }
 
 

@@ -21,7 +21,7 @@ interleaved too where the backend can (``node_times_many``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import onnx
 import onnx_graphsurgeon as gs
@@ -42,7 +42,7 @@ WallTimes = Callable[[dict[str, onnx.ModelProto]], dict[str, float]]
 def measure_context(
     model: onnx.ModelProto,
     layers: Sequence[Layer],
-    configs: dict[str, onnx.ModelProto],
+    configs: Mapping[str, onnx.ModelProto],
     node_times: NodeTimes,
     wall_times: WallTimes,
 ) -> list[ContextPoint]:

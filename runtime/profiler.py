@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import onnx
@@ -54,7 +54,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ContextModels = Callable[[onnx.ModelProto], dict[str, onnx.ModelProto]]
+_ATTRIBUTION = 2
+"""Version of the per-node attribution a stored calibration was made with: 1 separated
+the followers, 2 names inlined HardSwish (``runtime/node_profile.py``)."""
+ContextModels = Callable[[onnx.ModelProto], Mapping[str, onnx.ModelProto]]
 """``context_models(model) -> {configuration name: pruned model}`` (see build_cost_model)."""
 Progress = Callable[[int, int, int, str], None]
 """``progress(layer_index, layer_count, newly_measured, label)``: called when a layer
@@ -304,12 +307,13 @@ def build_cost_model(
     models = profile_layers(layers, backend, target, db, options, progress)
     fp, mkey = backend.fingerprint_hash(), model_key(model)
     cal = db.get_calibration(target, fp, mkey) if db else None
-    # A calibration stored before followers were separated held them in the residual.
-    stale = cal is not None and "followers" not in cal and hasattr(backend, "node_times")
-    if cal is None or stale:
+    # A calibration stored by an older attribution held followers in the residual: before
+    # followers were separated, or (version 1) before HardSwish kept its name.
+    old = cal is not None and cal.get("attribution", 0) < _ATTRIBUTION
+    if cal is None or (old and hasattr(backend, "node_times")):
         total, residual, scales, followers = calibrate(model, backend, layers, models)
         cal = {"total_ms": total, "residual_ms": residual, "scales": scales,
-               "followers": followers}  # fmt: skip
+               "followers": followers, "attribution": _ATTRIBUTION}  # fmt: skip
         if db:
             db.put_calibration(target, fp, mkey, cal)
     key = (target, fp, mkey)
@@ -331,11 +335,14 @@ def in_context_corrections(
 
     points = db.get_context(*key) if db else []
     node_times = _node_times_many(backend)
-    if not points and node_times is not None and context_models is not None:
-        wall = _wall_times(backend, timing or TimingConfig())
-        points = _measure_context(model, layers, context_models, node_times, wall)
-        if db and points:
-            db.put_context(*key, points)
+    if node_times is not None and context_models is not None:
+        configs = _configs(context_models, model)
+        # a set stored by an older version lacks configurations added since: re-measured
+        if configs and (not points or set(configs) - {p.config for p in points}):
+            wall = _wall_times(backend, timing or TimingConfig())
+            points = _measure_context(model, layers, configs, node_times, wall) or points
+            if db and points:
+                db.put_context(*key, points)
     by_node: dict[str, list] = {}
     for p in points:
         by_node.setdefault(p.node, []).append(p)
@@ -372,11 +379,19 @@ def _wall_times(backend: Backend, timing: TimingConfig):
     return wall
 
 
-def _measure_context(model, layers, context_models, node_times, wall_times) -> list:
+def _configs(context_models, model) -> Mapping[str, onnx.ModelProto]:
+    try:
+        return context_models(model)
+    except Exception as exc:  # noqa: BLE001 - the isolated staircase still prices every layer
+        logger.warning("in-context configurations failed (%s): staircases stay uncorrected",
+                       exc)  # fmt: skip
+        return {}
+
+
+def _measure_context(model, layers, configs, node_times, wall_times) -> list:
     from onnx_hwprune.runtime.context_profile import measure_context
 
     try:
-        configs = context_models(model)
         return measure_context(model, layers, configs, node_times, wall_times)
     except Exception as exc:  # noqa: BLE001 - the isolated staircase still prices every layer
         logger.warning("in-context timing failed (%s): staircases stay uncorrected", exc)

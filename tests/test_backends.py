@@ -130,6 +130,31 @@ def test_nodes_carrying_a_layers_channels_follow_it_and_the_rest_is_residual():
     assert ctx.residual_ms == pytest.approx(22.0)
 
 
+def test_profiled_hardswish_keeps_its_name_and_follows_its_layer():
+    """onnxruntime inlines HardSwish as nodes it names ``HardSigmoid_<n>``/``Mul_<n>``;
+    the profiler writes it out under the node's own name, so a real profile attributes
+    its time to the conv whose channels it carries (it was residual before)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = [numpy_helper.from_array(np.ones((16, 3, 1, 1), np.float32), "w0"),
+         numpy_helper.from_array(np.ones((8, 16, 1, 1), np.float32), "w1")]  # fmt: skip
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["t0"], name="c0"),
+             helper.make_node("HardSwish", ["t0"], ["t1"], name="hs"),
+             helper.make_node("Add", ["t1", "t0"], ["t2"], name="skip"),
+             helper.make_node("Conv", ["t2", "w1"], ["y"], name="c1")]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 32, 32])], w)  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    node_ms = OrtCpuBackend(threads=1).node_times(model)
+    assert {"hs", "hs/hardswish_gate"} <= set(node_ms), sorted(node_ms)
+    assert not any(n.startswith(("HardSigmoid_", "Mul_")) for n in node_ms)
+    ctx = attribute_to_layers(model, node_ms, ["c0", "c1"], 10.0)
+    hs = (node_ms["hs"] + node_ms["hs/hardswish_gate"]) * 10.0 / sum(node_ms.values())
+    assert ctx.follower_ms["c0"] >= hs * (1 - 1e-9)
+
+
 def _cli(*argv):
     parser = argparse.ArgumentParser()
     profile_verb.add_arguments(parser)

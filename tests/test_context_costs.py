@@ -120,7 +120,7 @@ def profiled(tmp_path_factory):
 
 def test_penalty_is_discovered_in_context(profiled):
     _, machine, cost, raw, _ = profiled
-    assert {"full", "v0", "v1", "v2", "v3"} <= set(machine.profiled)
+    assert {"full", "v0", "v1", "v2", "v3", "half_v0"} <= set(machine.profiled)
     full = cost.layer_latency("b", 16, 16).ms
     for count in (15, 14, 13):  # off the multiple of 4: penalised by the measured factor
         fixed, alone = cost.layer_latency("b", count, 16).ms, raw.layer_latency("b", count, 16).ms
@@ -168,7 +168,7 @@ def test_points_are_stored_apart_and_reused(profiled):
         fp = machine.fingerprint_hash()
 
         points = db.get_context("cpu", fp, model_key(normalize_model(model)))
-        assert {p.config for p in points} == {"full", "v0", "v1", "v2", "v3"}
+        assert {p.config for p in points} == {"full", "v0", "v1", "v2", "v3", "half_v0"}
         assert db.count() == len(db.all_points("cpu", fp))  # measurements hold no such row
         again = LayoutMachine()
         second = build_cost_model(model, again, "cpu", db, FAST, context_models=context_models)
@@ -272,25 +272,51 @@ def test_configurations_probe_each_alignment_class():
     from onnx_hwprune.context_configs import CONFIGS, config_plans
 
     assert {n: CONFIGS[n](64) for n in CONFIGS} == {
-        "stair": 48, "v0": 63, "v1": 62, "v2": 60, "v3": 56
+        "stair": 48, "v0": 63, "v1": 62, "v2": 60, "v3": 56, "half": 32, "half_v0": 31
     }  # fmt: skip
     assert CONFIGS["stair"](16) is None and CONFIGS["v2"](12) is None
+    assert CONFIGS["half"](24) == 8 and CONFIGS["half"](16) is None  # 24's class: 8 | c
+    for n in range(8, 300):  # the deep probes stay in the class they stand for
+        half, odd = CONFIGS["half"](n), CONFIGS["half_v0"](n)
+        assert odd % 2 == 1 and n // 4 <= odd <= n // 2, n
+        assert half is None or alignment_class(half, n) == alignment_class(n, n), n
     plans = config_plans(analyze_channel_groups(load_graph(_chain())))
     counts = {name: sorted(len(gp.keep) for gp in p.groups.values()) for name, p in plans.items()}
-    assert counts == {"v0": [15, 15], "v1": [14, 14], "v2": [12, 12], "v3": [8, 8]}
+    assert counts == {"v0": [15, 15], "v1": [14, 14], "v2": [12, 12], "v3": [8, 8],
+                      "half_v0": [7, 7]}  # fmt: skip
 
 
 def test_a_calibration_stored_before_followers_is_measured_again(tmp_path):
-    """A calibration from an older database held the followers' time in its constant
-    residual: with a per-node profiler at hand it is re-measured, not trusted."""
+    """A calibration from an older database held the followers' time (or the inlined
+    HardSwish's) in its constant residual: with a per-node profiler at hand it is
+    re-measured, not trusted."""
     model = _chain()
     with ProfileDB(tmp_path / "p.sqlite") as db:
         first = build_cost_model(model, LayoutMachine(), "cpu", db, FAST)
         key = ("cpu", LayoutMachine().fingerprint_hash(), model_key(normalize_model(model)))
         stored = db.get_calibration(*key)
-        assert stored is not None and "followers" in stored
-        old = {k: v for k, v in stored.items() if k != "followers"}
-        db.put_calibration(*key, {**old, "residual_ms": 99.0})
-        again = build_cost_model(model, LayoutMachine(), "cpu", db, FAST)
-        assert "followers" in db.get_calibration(*key)
-    assert again.residual_ms == pytest.approx(first.residual_ms) != 99.0
+        assert stored is not None and "followers" in stored and stored["attribution"] == 2
+        for dropped in (("followers", "attribution"), ("attribution",)):  # versions 0 and 1
+            old = {k: v for k, v in stored.items() if k not in dropped}
+            db.put_calibration(*key, {**old, "residual_ms": 99.0})
+            again = build_cost_model(model, LayoutMachine(), "cpu", db, FAST)
+            assert db.get_calibration(*key)["attribution"] == 2
+            assert again.residual_ms == pytest.approx(first.residual_ms) != 99.0
+
+
+def test_context_points_missing_a_configuration_are_measured_again(tmp_path):
+    """Points stored before a configuration was added lack it: with a per-node profiler
+    at hand the set is measured again, and a complete set is reused as it is."""
+    model = _chain()
+    key = ("cpu", LayoutMachine().fingerprint_hash(), model_key(normalize_model(model)))
+    with ProfileDB(tmp_path / "p.sqlite") as db:
+        build_cost_model(model, LayoutMachine(), "cpu", db, FAST, context_models=context_models)
+        full_set = db.get_context(*key)
+        db.put_context(*key, [p for p in full_set if p.config != "half_v0"])
+        machine = LayoutMachine()
+        build_cost_model(model, machine, "cpu", db, FAST, context_models=context_models)
+        assert "half_v0" in machine.profiled
+        assert db.get_context(*key) == full_set  # the whole set again, in its stored order
+        again = LayoutMachine()
+        build_cost_model(model, again, "cpu", db, FAST, context_models=context_models)
+    assert again.profiled == []

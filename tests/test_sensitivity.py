@@ -96,7 +96,9 @@ def analysed():
                                                       for m in g.members))
         for node in ("conv1", "conv2")
     }  # fmt: skip
-    ctx = PassContext(tensors=tensor_stream_provider(_batches, 256), seed=0)
+    # the criterion's order (l1), so the norm-vs-data tests see l1's choices
+    ctx = PassContext(tensors=tensor_stream_provider(_batches, 256), seed=0,
+                      config={"plan.sensitivity_order": "criterion"})  # fmt: skip
     return SensitivityAnalysis()(mod, ctx), by_producer["conv1"], by_producer["conv2"]
 
 
@@ -265,10 +267,96 @@ def test_sensitivity_table_carries_the_output_weights(analysed):
 def test_each_consumers_refit_error_is_scaled_by_its_weight(analysed):
     mod, g1, g2 = analysed
     ctx = PassContext(tensors=tensor_stream_provider(_batches, 256), seed=0,
-                      config={"plan.sensitivity_noise": 0.0})  # fmt: skip
+                      config={"plan.sensitivity_noise": 0.0,
+                              "plan.sensitivity_order": "criterion"})  # fmt: skip
     plain = SensitivityAnalysis()(mod.replace(sensitivity=None), ctx).sensitivity
     assert plain.weights == {}
     weighted = mod.sensitivity
     for group, consumer in ((g1, "conv2"), (g2, "conv3")):
         want = weighted.weights[consumer] * plain.costs[group]
         np.testing.assert_allclose(weighted.costs[group], want, rtol=1e-9, atol=1e-12)
+
+
+def _correlated_gram(seed: int):
+    """Gram and weight of a dense layer over 6 channels of 2 columns each: channel 4 is
+    channel 1 plus a little noise, channel 5 is constant (the intercept absorbs it)."""
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(500, 12))
+    a[:, 8:10] = a[:, 2:4] + 0.05 * rng.normal(size=(500, 2))
+    a[:, 10:12] = 2.0
+    a1 = np.c_[a, np.ones(len(a))]
+    weight = np.c_[rng.normal(size=(3, 12)), rng.normal(size=3)]
+    blocks = [np.array([2 * c, 2 * c + 1]) for c in range(6)]
+    return a1.T @ a1, weight, blocks
+
+
+def _refit_error(gram, weight, blocks, removed) -> float:
+    kept = [b for c, b in enumerate(blocks) if c not in removed]
+    gone = [b for c, b in enumerate(blocks) if c in removed]
+    res, centred = prefix_residuals(gram, weight, np.zeros(0, np.int64), kept + gone)
+    return res[len(kept)] / centred
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_greedy_removal_takes_the_cheapest_channel_given_the_others(seed):
+    """Each step removes the channel whose refit error, given those already gone, is the
+    smallest of all candidates (checked by refitting every candidate), so the constant
+    and one of the near-duplicates go first."""
+    from itertools import combinations
+
+    from onnx_hwprune.passes.analysis._greedy_order import greedy_removal
+
+    gram, weight, blocks = _correlated_gram(seed)
+    centred = prefix_residuals(gram, weight, np.arange(12), [])[1]
+    order = [int(c) for c in greedy_removal([(gram, weight, blocks, 1.0 / centred)], 6)]
+    assert order[0] == 5 and order[1] in (1, 4)
+    for step in range(1, 5):
+        gone = order[:step]
+        chosen = _refit_error(gram, weight, blocks, set(gone))
+        for c in set(range(6)) - set(gone[:-1]):
+            assert chosen <= _refit_error(gram, weight, blocks, {*gone[:-1], c}) + 1e-9
+    best_pair = min(
+        combinations(range(6), 2), key=lambda r: _refit_error(gram, weight, blocks, set(r))
+    )
+    assert _refit_error(gram, weight, blocks, set(order[:2])) == pytest.approx(
+        _refit_error(gram, weight, blocks, set(best_pair)), abs=1e-9
+    )
+
+
+def test_greedy_order_prices_and_plans_in_its_own_order(analysed):
+    """With ``plan.sensitivity_order = greedy`` the table carries the order it priced:
+    conv2's copies are removed one per pair, at no cost, and the dead channel first."""
+    mod, g1, g2 = analysed
+    ctx = PassContext(tensors=tensor_stream_provider(_batches, 256), seed=0,
+                      config={"plan.sensitivity_order": "greedy"})  # fmt: skip
+    greedy = SensitivityAnalysis()(mod.replace(sensitivity=None), ctx)
+    table = greedy.sensitivity
+    assert table.order == "greedy" and table.summary()["channel_order"] == "greedy"
+    assert set(table.scores) == {g1, g2}
+    first = removal_order(greedy.scores[g2])[:4]
+    assert sorted(int(c) % 4 for c in first) == [0, 1, 2, 3]  # one of each scaled pair
+    assert table.costs[g2][4] < 1e-7 and table.costs[g2][5] > 1e-3
+    assert removal_order(greedy.scores[g1])[0] == DEAD and table.costs[g1][1] == 0.0
+    for cost in table.costs.values():
+        assert cost[0] == 0.0 and np.all(np.diff(cost) >= 0)
+    bad = PassContext(tensors=ctx.tensors, config={"plan.sensitivity_order": "random"})
+    with pytest.raises(Exception, match="sensitivity_order"):
+        SensitivityAnalysis()(mod, bad)
+
+
+def test_cli_plans_in_the_greedy_order_by_default(tmp_path, monkeypatch):
+    """The job hands the planner the order the table priced: by default the greedy
+    order's survivors; the criterion's when the context asks for it."""
+    import json
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    _inputs(tmp_path)
+    calib = ["--calib", str(tmp_path / "calib.npz")]
+    assert _cli_prune(tmp_path, "g", *calib, "--save-plan", str(tmp_path / "g.plan")) == 0
+    with PassContext(config={"plan.sensitivity_order": "criterion"}):
+        assert _cli_prune(tmp_path, "c", *calib, "--save-plan", str(tmp_path / "c.plan")) == 0
+    g, c = (json.loads((tmp_path / f"{n}.json").read_text()) for n in "gc")
+    assert g["sensitivity"]["channel_order"] == "greedy"
+    assert c["sensitivity"]["channel_order"] == "criterion"
+    plans = [json.loads((tmp_path / f"{n}.plan").read_text())["groups"] for n in "gc"]
+    assert plans[0] != plans[1]  # other channels kept (the l1 order is not the greedy one)

@@ -1,7 +1,10 @@
 """Measured sensitivity: what removing channels costs on calibration data, after a refit.
 
 For every prunable group and every kept count ``k`` (the ``k`` channels the planner would
-keep: the strongest by ``Module.scores``, the planner's own order), the cost is the
+keep: by default the survivors of a greedy removal that each time drops the channel the
+others refit best, ``_greedy_order.py``; with ``plan.sensitivity_order = criterion`` the
+strongest by ``Module.scores``; the pass hands the planner the scores of the order it
+priced, so both agree), the cost is the
 relative output error of the group's consumer layers after their least-squares refit on
 the kept channels (what ``--recover lsq`` does), summed over the consumers::
 
@@ -43,12 +46,19 @@ import onnx_graphsurgeon as gs
 
 from onnx_hwprune.passes._infra import Module, Pass, PassContext, PassError
 from onnx_hwprune.passes.analysis._gram import GramAccumulator, linear_layer, prefix_residuals
+from onnx_hwprune.passes.analysis._greedy_order import greedy_removal
 from onnx_hwprune.passes.analysis._output_weights import output_stds, output_weights
 from onnx_hwprune.passes.analysis.data_importance import consumer_pairs
 from onnx_hwprune.passes.analysis.groups import ChannelGroup, Member
 from onnx_hwprune.passes.transform.recover import LinearLayer
 
-__all__ = ["SensitivityAnalysis", "SensitivityTable", "group_costs", "removal_order"]
+__all__ = [
+    "SensitivityAnalysis",
+    "SensitivityTable",
+    "greedy_scores",
+    "group_costs",
+    "removal_order",
+]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +81,9 @@ class SensitivityTable:
     samples: int = 0
     seconds: float = 0.0
     weights: Mapping[str, float] = field(default_factory=dict)  # per consumer layer
+    # the scores the costs were priced in (the order the planner must remove channels in)
+    scores: Mapping[str, np.ndarray] = field(default_factory=dict)
+    order: str = "criterion"  # plan.sensitivity_order
 
     def summary(self) -> dict:
         """The report's ``sensitivity`` entry."""
@@ -78,6 +91,7 @@ class SensitivityTable:
             "objective": "measured refit error (relative, summed over consumer layers"
             + (", each weighted by its measured effect on the outputs)" if self.weights else ")"),
             "output_weights": {n: round(w, 4) for n, w in sorted(self.weights.items())},
+            "channel_order": self.order,
             "groups_measured": len(self.measured),
             "groups_fallback": dict(sorted(self.fallback.items())),
             "samples": self.samples,
@@ -139,6 +153,24 @@ def group_costs(
     return np.maximum.accumulate(np.maximum(total, 0.0))
 
 
+def greedy_scores(
+    group: ChannelGroup, consumers: list[tuple[Member, LinearLayer, np.ndarray, float]]
+) -> np.ndarray:
+    """Scores whose :func:`removal_order` is the greedy refit order (``_greedy_order.py``):
+    the channel removed first scores 0. ``consumers`` as in :func:`group_costs`."""
+    inputs = []
+    for member, layer, gram, scale in consumers:
+        weight = np.concatenate([layer.flat_weight(), layer.bias[:, None]], axis=1)
+        _, centred = prefix_residuals(gram, weight, np.arange(gram.shape[0] - 1), [])
+        if centred <= 0:
+            continue  # a constant output: no channel costs anything there
+        blocks = [_columns(member, layer, c) for c in range(group.size)]
+        inputs.append((gram, weight, blocks, scale / centred))
+    scores = np.zeros(group.size)
+    scores[greedy_removal(inputs, group.size)] = np.arange(group.size, dtype=np.float64)
+    return scores
+
+
 def _fallback(scores: np.ndarray) -> np.ndarray:
     s = np.maximum(np.asarray(scores, dtype=np.float64), 0.0)
     prefix = np.concatenate([[0.0], np.cumsum(s[removal_order(scores)])])
@@ -162,16 +194,21 @@ class SensitivityAnalysis(Pass):
     def run(self, mod: Module, ctx: PassContext) -> Module:
         if ctx.tensors is None:
             raise PassError(f"{self.name} needs PassContext(tensors=...) over calib data")
+        order = ctx.get("plan.sensitivity_order")
+        if order not in ("criterion", "greedy"):
+            raise PassError(f"plan.sensitivity_order: 'criterion' or 'greedy', not {order!r}")
         start = time.perf_counter()
         found = {g.name: _consumers(g, mod.graph) for g in mod.groups.prunable}
         layers = {node.name: (node, layer) for cs in found.values() for _, node, layer in cs}
         grams, samples = self._grams(mod.graph, layers, ctx)
         weights = self._output_weights(mod.graph, layers, grams, ctx)
-        costs, measured, fallback = {}, [], {}
+        costs, measured, fallback, scores = {}, [], {}, dict(mod.scores)
         for g in mod.groups.prunable:
             triples = [(m, layer, grams[node.name].gram, weights.get(node.name, 1.0))
                        for m, node, layer in found[g.name]]  # fmt: skip
-            cost = group_costs(g, mod.scores[g.name], triples) if triples else None
+            if triples and order == "greedy":
+                scores[g.name] = greedy_scores(g, triples)
+            cost = group_costs(g, scores[g.name], triples) if triples else None
             if cost is None:
                 fallback[g.name] = "no dense consumer layer" if not triples else "constant outputs"
                 cost = _fallback(mod.scores[g.name])
@@ -181,10 +218,10 @@ class SensitivityAnalysis(Pass):
         rows = max((acc.rows for acc in grams.values()), default=0)
         table = SensitivityTable(
             costs, tuple(measured), fallback, rows, samples, time.perf_counter() - start,
-            weights,
+            weights, scores, order,
         )  # fmt: skip
         log.info("sensitivity: %d groups measured, %d fall back", len(measured), len(fallback))
-        return mod.replace(sensitivity=table)
+        return mod.replace(sensitivity=table, scores=scores)
 
     def _output_weights(self, graph: gs.Graph, layers, grams, ctx: PassContext):
         """``{layer: weight}`` (``_output_weights.py``); empty when turned off."""
