@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 # Suffixes onnxruntime appends to the node a fusion kept: the QDQ fusion's "_token_<n>",
 # and "/<Fusion>" of newer fusions ("MatMul.12/MatMulAddFusion": PP-OCRv5 rec's head,
 # 10% of its time, was counted as residual without this).
-_FUSED_SUFFIX = re.compile(r"(_token_\d+|/\w+Fusion|/hardswish_gate)$")
+_FUSED_SUFFIX = re.compile(r"(_token_\d+|/\w+Fusion|/hardswish_gate|/reorder)$")
 _EPILOGUE_OPS = ("BatchNormalization", "Relu", "Clip", "LeakyRelu", "Add", "Sum", "HardSigmoid")
 # Ops whose output carries their first input's channels, one for one (cost ~ elements).
 _FOLLOW_OPS = frozenset(_EPILOGUE_OPS) | {
@@ -148,16 +148,45 @@ def _named_functions(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _kernel_times(path: str) -> dict[str, list[float]]:
-    """Milliseconds of every run of each node in an onnxruntime profile file, in order
-    (``_nchwc`` stripped: the layout transform renames the node it rewrote)."""
+    """Milliseconds of every run of each node in an onnxruntime profile file, one sum per
+    run (``_nchwc`` stripped: the layout transform renames the node it rewrote).
+
+    The layout reorders onnxruntime inserts name no node of the model
+    (``ReorderInput_token_<n>``): each is given to its neighbour in execution order as
+    ``<node>/reorder``, an input reorder to the node after it (the conv that reads it),
+    an output reorder to the node before it (the one whose output it converts). Their
+    cost grows with those nodes' channels; left in the constant residual, they were
+    most of what the pruned PP-OCRv5 recognizer ran faster than predicted once its
+    HardSwish was attributed."""
     with open(path, encoding="utf-8") as f:
         events = json.load(f)
-    per_run: dict[str, list[float]] = {}
-    for ev in events:
-        if ev.get("cat") == "Node" and ev.get("name", "").endswith("_kernel_time"):
-            name = ev["name"][: -len("_kernel_time")].removesuffix("_nchwc")
-            per_run.setdefault(name, []).append(ev["dur"] / 1e3)
-    return per_run
+    nodes = sorted((ev for ev in events if ev.get("cat") == "Node"
+                    and ev.get("name", "").endswith("_kernel_time")),
+                   key=lambda ev: ev.get("ts", 0))  # fmt: skip
+    sums: dict[str, dict[int, float]] = {}
+    first, run, prev, waiting = None, -1, None, []
+    for ev in nodes:
+        name, ms = ev["name"][: -len("_kernel_time")].removesuffix("_nchwc"), ev["dur"] / 1e3
+        if name.startswith("ReorderInput"):
+            waiting.append(ms)  # belongs to the next node
+            continue
+        if name.startswith("ReorderOutput"):
+            name = f"{prev}/reorder" if prev else name
+        else:
+            if first is None:
+                first = name
+            run += name == first
+            if waiting:
+                _add(sums, f"{name}/reorder", run, sum(waiting))
+                waiting = []
+            prev = name
+        _add(sums, name, run, ms)
+    return {n: [by_run[r] for r in sorted(by_run)] for n, by_run in sums.items()}
+
+
+def _add(sums: dict[str, dict[int, float]], name: str, run: int, ms: float) -> None:
+    by_run = sums.setdefault(name, {})
+    by_run[run] = by_run.get(run, 0.0) + ms
 
 
 def attribute_to_layers(
@@ -178,7 +207,7 @@ def attribute_to_layers(
     for name, ms in node_ms.items():
         # The QDQ fusion names the QLinearConv it made of a conv "<conv>_token_<n>"
         # (without this, an int8 model's layers had no in-context time at all).
-        name = name if name in owner or name in follows else _FUSED_SUFFIX.sub("", name)
+        name = _known(name, owner, follows)
         if name in owner:
             raw[owner[name]] += ms
         elif name in follows:
@@ -196,6 +225,18 @@ def attribute_to_layers(
         other * scale,
         {n: v * scale for n, v in followed.items() if v > 0},
     )
+
+
+def _known(name: str, owner: dict, follows: dict) -> str:
+    """``name`` less the suffixes fusions and this module append, until it names a node
+    a layer owns or follows (``<node>/hardswish_gate/reorder``), else as it came."""
+    base = name
+    while base not in owner and base not in follows:
+        shorter = _FUSED_SUFFIX.sub("", base)
+        if shorter == base:
+            return name
+        base = shorter
+    return base
 
 
 def _followers(model: onnx.ModelProto, owner: dict[str, str]) -> dict[str, str]:

@@ -310,7 +310,8 @@ def build_cost_model(
     # A calibration stored by an older attribution held followers in the residual: before
     # followers were separated, or (version 1) before HardSwish kept its name.
     old = cal is not None and cal.get("attribution", 0) < _ATTRIBUTION
-    if cal is None or (old and hasattr(backend, "node_times")):
+    old = old and hasattr(backend, "node_times")
+    if cal is None or old:
         total, residual, scales, followers = calibrate(model, backend, layers, models)
         cal = {"total_ms": total, "residual_ms": residual, "scales": scales,
                "followers": followers, "attribution": _ATTRIBUTION}  # fmt: skip
@@ -318,22 +319,23 @@ def build_cost_model(
             db.put_calibration(target, fp, mkey, cal)
     key = (target, fp, mkey)
     timing = (options or ProfileOptions()).timing
+    # in-context points stored with an older attribution are measured again with it
     context = in_context_corrections(
-        model, layers, models, backend, key, db, context_models, timing
+        model, layers, models, backend, key, db, context_models, timing, stale=old
     )
     return assemble_cost_model(target, fp, layers, models, cal, context)
 
 
 def in_context_corrections(
-    model, layers, models, backend, key, db, context_models=None, timing=None
+    model, layers, models, backend, key, db, context_models=None, timing=None, stale=False
 ) -> dict:
     """Per-layer :class:`~onnx_hwprune.cost_models.context.ContextCorrection` from the
     in-context points stored under ``key`` = (target, fingerprint hash, model hash), timing
     ``context_models(model)`` first where the backend has a per-node profiler and none
-    are stored."""
+    are stored, some configuration is missing, or they are ``stale``."""
     from onnx_hwprune.cost_models.context import correction_from_points
 
-    points = db.get_context(*key) if db else []
+    points = db.get_context(*key) if db and not stale else []
     node_times = _node_times_many(backend)
     if node_times is not None and context_models is not None:
         configs = _configs(context_models, model)

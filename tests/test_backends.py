@@ -272,3 +272,27 @@ def test_one_thread_samples_read_the_calling_threads_cpu_clock(monkeypatch):
     process_s = runnable.sample(50)
     assert thread_s > 0.8 * process_s > 0, (thread_s, process_s)
     assert OrtCpuBackend(threads=2).prepare(tiny_cnn(8))._clock is time.perf_counter
+
+
+def test_layout_reorders_go_to_their_neighbours_one_sum_per_run(tmp_path):
+    """An input reorder belongs to the node after it, an output reorder to the node before
+    it; several on one node add up within a run, and every run keeps its own sum."""
+    import json
+
+    from onnx_hwprune.runtime.node_profile import _kernel_times
+
+    order = [("ReorderInput_token_1", 1.0), ("conv_nchwc", 10.0),
+             ("ReorderOutput_token_2", 2.0), ("ReorderOutput_token_3", 3.0),
+             ("ReorderInput_token_4", 4.0), ("add", 5.0)]  # fmt: skip
+    events, ts = [], 0
+    for run in range(2):
+        for name, ms in order:
+            ts += 1
+            events.append({"cat": "Node", "name": f"{name}_kernel_time", "ts": ts,
+                           "dur": 1000 * ms * (run + 1)})  # fmt: skip
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(events[::-1]))  # the file's order is not the run order
+    assert _kernel_times(str(path)) == {
+        "conv": [10.0, 20.0], "conv/reorder": [6.0, 12.0],
+        "add": [5.0, 10.0], "add/reorder": [4.0, 8.0],
+    }  # fmt: skip

@@ -306,7 +306,8 @@ def test_a_calibration_stored_before_followers_is_measured_again(tmp_path):
 
 def test_context_points_missing_a_configuration_are_measured_again(tmp_path):
     """Points stored before a configuration was added lack it: with a per-node profiler
-    at hand the set is measured again, and a complete set is reused as it is."""
+    at hand the set is measured again, and a complete set is reused as it is, unless
+    the calibration stored with it is of an older attribution."""
     model = _chain()
     key = ("cpu", LayoutMachine().fingerprint_hash(), model_key(normalize_model(model)))
     with ProfileDB(tmp_path / "p.sqlite") as db:
@@ -319,4 +320,10 @@ def test_context_points_missing_a_configuration_are_measured_again(tmp_path):
         assert db.get_context(*key) == full_set  # the whole set again, in its stored order
         again = LayoutMachine()
         build_cost_model(model, again, "cpu", db, FAST, context_models=context_models)
-    assert again.profiled == []
+        assert again.profiled == []
+        # a calibration of an older attribution: its in-context points go with it
+        cal = {k: v for k, v in db.get_calibration(*key).items() if k != "attribution"}
+        db.put_calibration(*key, cal)
+        older = LayoutMachine()
+        build_cost_model(model, older, "cpu", db, FAST, context_models=context_models)
+    assert {"full", "half_v0"} <= set(older.profiled)
