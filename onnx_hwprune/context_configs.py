@@ -18,7 +18,10 @@ first channels; groups under 8 channels stay whole):
   whole-network benchmark before these two existed (cpu, 1 thread): variants cutting each
   group to 40-95% ran 8-15% faster than predicted when aligned (MobileNetV2, PP-OCRv5's
   three models: a smaller network's layers share the caches better) and the near-full odd
-  penalty, held flat, over-predicted PP-OCRv5 rec's odd variants by 13-18%.
+  penalty, held flat, over-predicted PP-OCRv5 rec's odd variants by 13-18%. (An A/B
+  with and without these two did not separate from run-to-run noise on that machine;
+  most of those errors turned out to be unattributed HardSwish and reorders, README
+  *In-context costs*. They stay: the cost is two more networks timed, once per model.)
 
 The original itself is the eighth (``full``), added by the runtime.
 """

@@ -4,11 +4,11 @@ Which networks is decided above the runtime (``onnx_hwprune/context_configs.py``
 original, a stair cut and one count of each alignment class); this module times them.
 
 Each run gives every layer a point ``(in, out, ms)`` (:mod:`~.node_profile` attributes
-fused kernels to their layer). Layout reorders that onnxruntime inserts around a layer
-whose in-channels break the NCHWc chain belong to no layer: the residual's growth over the
-full configuration is shared among the layers of that configuration whose in-channel
-class is off the aligned one, in proportion to their time, so the penalty lands on the
-layers that cause it.
+fused kernels, and the layout reorders onnxruntime inserts, to their layer). What the
+residual still grows by over the full configuration (reorders next to a node no layer
+owns) is shared among the layers of that configuration whose in-channel class is off
+the aligned one, in proportion to their time, so the penalty lands on the layers that
+cause it.
 
 Each configuration's per-node times are scaled to its whole-network latency measured
 with the timing protocol (all configurations interleaved), as :mod:`~.node_profile` does

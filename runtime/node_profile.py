@@ -16,7 +16,10 @@ time to the layer it came from, so that the sum-of-layers estimate can be calibr
   that layer's *follower*: its time scales with the layer's kept out-channels. On
   PP-OCRv5 such nodes (HardSwish everywhere) were 45-67% of the whole model; held
   constant, pruned variants ran 20-30% faster than predicted;
-- what is left (reorders, reshapes, concats, the classifier's glue) is the *residual*.
+- layout reorders, which onnxruntime names after no node, go to their neighbour in
+  execution order, and each HardSwish (inlined by onnxruntime under invented names) is
+  profiled under its own name;
+- what is left (reshapes, concats, the classifier's glue) is the *residual*.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ logger = logging.getLogger(__name__)
 
 # Suffixes onnxruntime appends to the node a fusion kept: the QDQ fusion's "_token_<n>",
 # and "/<Fusion>" of newer fusions ("MatMul.12/MatMulAddFusion": PP-OCRv5 rec's head,
-# 10% of its time, was counted as residual without this).
+# 10% of its time, was counted as residual without this); and this module's own:
+# "/hardswish_gate" (_named_functions) and "/reorder" (_kernel_times).
 _FUSED_SUFFIX = re.compile(r"(_token_\d+|/\w+Fusion|/hardswish_gate|/reorder)$")
 _EPILOGUE_OPS = ("BatchNormalization", "Relu", "Clip", "LeakyRelu", "Add", "Sum", "HardSigmoid")
 # Ops whose output carries their first input's channels, one for one (cost ~ elements).

@@ -56,7 +56,8 @@ logger = logging.getLogger(__name__)
 
 _ATTRIBUTION = 2
 """Version of the per-node attribution a stored calibration was made with: 1 separated
-the followers, 2 names inlined HardSwish (``runtime/node_profile.py``)."""
+the followers; 2 names the HardSwish onnxruntime inlines and gives layout reorders to
+their neighbours (``runtime/node_profile.py``)."""
 ContextModels = Callable[[onnx.ModelProto], Mapping[str, onnx.ModelProto]]
 """``context_models(model) -> {configuration name: pruned model}`` (see build_cost_model)."""
 Progress = Callable[[int, int, int, str], None]
@@ -308,7 +309,7 @@ def build_cost_model(
     fp, mkey = backend.fingerprint_hash(), model_key(model)
     cal = db.get_calibration(target, fp, mkey) if db else None
     # A calibration stored by an older attribution held followers in the residual: before
-    # followers were separated, or (version 1) before HardSwish kept its name.
+    # followers were separated, or (version 1) before HardSwish and reorders had owners.
     old = cal is not None and cal.get("attribution", 0) < _ATTRIBUTION
     old = old and hasattr(backend, "node_times")
     if cal is None or old:

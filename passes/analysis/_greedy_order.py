@@ -51,7 +51,9 @@ def greedy_removal(consumers: Sequence[Consumer], size: int) -> np.ndarray:
 class _State:
     """One consumer's ``H`` and ``V`` in unit-normalised columns."""
 
-    def __init__(self, gram, weight, blocks, scale) -> None:
+    def __init__(
+        self, gram: np.ndarray, weight: np.ndarray, blocks: Sequence[np.ndarray], scale: float
+    ) -> None:
         diag = np.diag(gram).copy()
         unit = np.sqrt(np.where(diag > 0, diag, 1.0))
         g = gram / np.outer(unit, unit)

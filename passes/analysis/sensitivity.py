@@ -155,9 +155,10 @@ def group_costs(
 
 def greedy_scores(
     group: ChannelGroup, consumers: list[tuple[Member, LinearLayer, np.ndarray, float]]
-) -> np.ndarray:
+) -> np.ndarray | None:
     """Scores whose :func:`removal_order` is the greedy refit order (``_greedy_order.py``):
-    the channel removed first scores 0. ``consumers`` as in :func:`group_costs`."""
+    the channel removed first scores 0. ``consumers`` as in :func:`group_costs`; None when
+    every consumer's output is constant (nothing to order by)."""
     inputs = []
     for member, layer, gram, scale in consumers:
         weight = np.concatenate([layer.flat_weight(), layer.bias[:, None]], axis=1)
@@ -166,6 +167,8 @@ def greedy_scores(
             continue  # a constant output: no channel costs anything there
         blocks = [_columns(member, layer, c) for c in range(group.size)]
         inputs.append((gram, weight, blocks, scale / centred))
+    if not inputs:
+        return None
     scores = np.zeros(group.size)
     scores[greedy_removal(inputs, group.size)] = np.arange(group.size, dtype=np.float64)
     return scores
@@ -206,8 +209,9 @@ class SensitivityAnalysis(Pass):
         for g in mod.groups.prunable:
             triples = [(m, layer, grams[node.name].gram, weights.get(node.name, 1.0))
                        for m, node, layer in found[g.name]]  # fmt: skip
-            if triples and order == "greedy":
-                scores[g.name] = greedy_scores(g, triples)
+            greedy = greedy_scores(g, triples) if triples and order == "greedy" else None
+            if greedy is not None:
+                scores[g.name] = greedy
             cost = group_costs(g, scores[g.name], triples) if triples else None
             if cost is None:
                 fallback[g.name] = "no dense consumer layer" if not triples else "constant outputs"
