@@ -20,7 +20,7 @@ from onnx import helper, numpy_helper
 
 from onnx_hwprune.frontends.onnx import load_graph
 from onnx_hwprune.passes._infra import Module, PassContext
-from onnx_hwprune.passes.analysis._gram import prefix_residuals
+from onnx_hwprune.passes.analysis._gram import centred_energy, prefix_residuals
 from onnx_hwprune.passes.analysis.channel_groups import ChannelGroupAnalysis
 from onnx_hwprune.passes.analysis.importance import ChannelImportance
 from onnx_hwprune.passes.analysis.sensitivity import SensitivityAnalysis, removal_order
@@ -117,6 +117,7 @@ def test_prefix_residuals_equal_least_squares_refits():
         fit = np.linalg.lstsq(a1[:, cols], y, rcond=None)[0]
         assert res[c] == pytest.approx(np.square(a1[:, cols] @ fit - y).sum(), rel=1e-6, abs=1e-6)
     assert centred == pytest.approx(np.square(y - y.mean(axis=0)).sum(), rel=1e-9)
+    assert centred_energy(a1.T @ a1, np.c_[w, b]) == pytest.approx(centred, rel=1e-9)
     assert res[2] == pytest.approx(res[1], abs=1e-6 * centred)  # the constant column adds ~0
 
 

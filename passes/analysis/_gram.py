@@ -33,7 +33,7 @@ import onnx_graphsurgeon as gs
 
 from onnx_hwprune.passes.transform.recover import LinearLayer, patch_rows, row_count
 
-__all__ = ["GramAccumulator", "linear_layer", "prefix_residuals"]
+__all__ = ["GramAccumulator", "centred_energy", "linear_layer", "prefix_residuals"]
 
 _JITTER = 1e-10
 
@@ -136,3 +136,15 @@ def prefix_residuals(
     suffix = np.concatenate([np.cumsum(energy[::-1])[::-1], [0.0]])
     res = suffix[ends[1:]]  # after fixed, then after each block
     return np.maximum(res, 0.0), float(max(suffix[ends[0]], 0.0))
+
+
+def centred_energy(gram: np.ndarray, weight: np.ndarray) -> float:
+    """``‖Y - mean(Y)‖²`` of the layer's output (the ``centred`` :func:`prefix_residuals`
+    returns, there as a by-product of a factorisation), in closed form from the Gram: per
+    output ``w G_AA wᵀ - (w·s)² / N`` with ``s`` the column sums and ``N`` the rows; the
+    bias cancels. ``O(out·K²)``, no factorisation."""
+    w, rows, sums = weight[:, :-1], gram[-1, -1], gram[:-1, -1]
+    if rows <= 0:
+        return 0.0
+    energy = np.einsum("ok,ok->", w @ gram[:-1, :-1], w) - np.sum(np.square(w @ sums)) / rows
+    return float(max(energy, 0.0))

@@ -45,7 +45,12 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnx_hwprune.passes._infra import Module, Pass, PassContext, PassError
-from onnx_hwprune.passes.analysis._gram import GramAccumulator, linear_layer, prefix_residuals
+from onnx_hwprune.passes.analysis._gram import (
+    GramAccumulator,
+    centred_energy,
+    linear_layer,
+    prefix_residuals,
+)
 from onnx_hwprune.passes.analysis._greedy_order import greedy_removal
 from onnx_hwprune.passes.analysis._output_weights import output_stds, output_weights
 from onnx_hwprune.passes.analysis.data_importance import consumer_pairs
@@ -123,6 +128,12 @@ def _consumers(group: ChannelGroup, graph: gs.Graph) -> list[tuple[Member, gs.No
     return out
 
 
+def _with_bias(layer: LinearLayer) -> np.ndarray:
+    """``[out, K + 1]``: the layer's flat weight with its bias as the last column (the
+    intercept column of its Gram)."""
+    return np.concatenate([layer.flat_weight(), layer.bias[:, None]], axis=1)
+
+
 def _columns(member: Member, layer: LinearLayer, channel: int) -> np.ndarray:
     k = layer.kernel_size
     return (np.asarray(member.index_map[channel])[:, None] * k + np.arange(k)).reshape(-1)
@@ -142,7 +153,7 @@ def group_costs(
         blocks = [_columns(member, layer, int(c)) for c in keep_order]
         mine = np.concatenate(blocks) if blocks else np.zeros(0, np.int64)
         fixed = np.setdiff1d(np.arange(gram.shape[0] - 1), mine)
-        weight = np.concatenate([layer.flat_weight(), layer.bias[:, None]], axis=1)
+        weight = _with_bias(layer)
         res, centred = prefix_residuals(gram, weight, fixed, blocks)
         if centred <= 0:
             continue  # a constant output: nothing to lose
@@ -161,8 +172,8 @@ def greedy_scores(
     every consumer's output is constant (nothing to order by)."""
     inputs = []
     for member, layer, gram, scale in consumers:
-        weight = np.concatenate([layer.flat_weight(), layer.bias[:, None]], axis=1)
-        _, centred = prefix_residuals(gram, weight, np.arange(gram.shape[0] - 1), [])
+        weight = _with_bias(layer)
+        centred = centred_energy(gram, weight)
         if centred <= 0:
             continue  # a constant output: no channel costs anything there
         blocks = [_columns(member, layer, c) for c in range(group.size)]
@@ -234,7 +245,7 @@ class SensitivityAnalysis(Pass):
             return {}
         chosen = {}
         for name, (node, layer) in layers.items():
-            weight = np.concatenate([layer.flat_weight(), layer.bias[:, None]], axis=1)
+            weight = _with_bias(layer)
             axis = 1 if layer.is_conv else -1
             chosen[name] = (node.outputs[0].name, output_stds(grams[name].gram, weight), axis)
         samples = ctx.get("plan.sensitivity_noise_samples")
