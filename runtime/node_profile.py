@@ -8,7 +8,7 @@ time to the layer it came from, so that the sum-of-layers estimate can be calibr
 - onnxruntime names a fused kernel after one of the nodes it fused, or after that node's
   output tensor (``layer1.block0.bn2`` for Conv+BN+Add+Relu; ``_nchwc`` is appended by
   the layout transform), so each layer owns the node and output names along its chain of
-  single-consumer BN / activation / Add nodes;
+  single-consumer BN / activation / Add nodes (and a Mul by a constant that was fused);
 - per-node times are medians over runs, then rescaled so that they add up to the
   whole-model latency measured *without* the profiler (the profiler adds overhead);
 - a node outside those chains that only passes a layer's channels on (an activation or
@@ -16,10 +16,12 @@ time to the layer it came from, so that the sum-of-layers estimate can be calibr
   that layer's *follower*: its time scales with the layer's kept out-channels. On
   PP-OCRv5 such nodes (HardSwish everywhere) were 45-67% of the whole model; held
   constant, pruned variants ran 20-30% faster than predicted;
+- a node after a channel concatenation carries several layers' channels: its time is
+  split among them by their channel counts, and each part follows its layer;
 - layout reorders, which onnxruntime names after no node, go to their neighbour in
   execution order, and each HardSwish (inlined by onnxruntime under invented names) is
   profiled under its own name;
-- what is left (reshapes, concats, the classifier's glue) is the *residual*.
+- what is left (reshapes, the classifier's glue) is the *residual*.
 """
 
 from __future__ import annotations
@@ -44,8 +46,12 @@ logger = logging.getLogger(__name__)
 # Suffixes onnxruntime appends to the node a fusion kept: the QDQ fusion's "_token_<n>",
 # and "/<Fusion>" of newer fusions ("MatMul.12/MatMulAddFusion": PP-OCRv5 rec's head,
 # 10% of its time, was counted as residual without this); and this module's own:
-# "/hardswish_gate" (_named_functions) and "/reorder" (_kernel_times).
-_FUSED_SUFFIX = re.compile(r"(_token_\d+|/\w+Fusion|/hardswish_gate|/reorder)$")
+# "/hardswish_gate" (_named_functions) and "/reorder" (_kernel_times). The layout
+# transform names a BatchNorm or a Mul it moved into NCHWc after its output tensor with
+# "_bn"/"_mul" (the zoo DenseNet-121's 62 pre-activation BN and Mul on concatenations).
+# The Gemm+activation fusion prefixes "fused " (VGG-16's classifier.fc1 and fc2, 9% of
+# the model, were residual without this).
+_FUSED_AFFIX = re.compile(r"(_token_\d+|/\w+Fusion|/hardswish_gate|/reorder|_bn|_mul)$|^fused ")
 _EPILOGUE_OPS = ("BatchNormalization", "Relu", "Clip", "LeakyRelu", "Add", "Sum", "HardSigmoid")
 # Ops whose output carries their first input's channels, one for one (cost ~ elements).
 _FOLLOW_OPS = frozenset(_EPILOGUE_OPS) | {
@@ -204,7 +210,7 @@ def attribute_to_layers(
         layers: node names of the layers' Conv/Gemm/MatMul nodes.
         total_ms: the whole-model latency to scale to.
     """
-    owner = _chain_owners(model, layers)
+    owner = _chain_owners(model, layers, {_strip(n) for n in node_ms})
     follows = _followers(model, owner)
     raw, followed = dict.fromkeys(layers, 0.0), dict.fromkeys(layers, 0.0)
     other = 0.0
@@ -215,7 +221,9 @@ def attribute_to_layers(
         if name in owner:
             raw[owner[name]] += ms
         elif name in follows:
-            followed[follows[name]] += ms
+            for layer, share in follows[name].items():
+                followed[layer] += ms * share
+            other += ms * (1.0 - sum(follows[name].values()))
         else:
             other += ms
     profiled = sum(raw.values()) + sum(followed.values()) + other
@@ -236,31 +244,89 @@ def _known(name: str, owner: dict, follows: dict) -> str:
     a layer owns or follows (``<node>/hardswish_gate/reorder``), else as it came."""
     base = name
     while base not in owner and base not in follows:
-        shorter = _FUSED_SUFFIX.sub("", base)
+        shorter = _FUSED_AFFIX.sub("", base)
         if shorter == base:
             return name
         base = shorter
     return base
 
 
-def _followers(model: onnx.ModelProto, owner: dict[str, str]) -> dict[str, str]:
-    """node name (and output name: fused kernels) -> the layer whose out-channels it
-    carries, for the nodes outside the layers' chains: up the first input through
-    :data:`_FOLLOW_OPS` to a node a layer owns. Anything else (a Concat, a Reshape, a
-    graph input on the way) makes the node residual."""
+def _followers(model: onnx.ModelProto, owner: dict[str, str]) -> dict[str, dict[str, float]]:
+    """node name (and output name: fused kernels) -> {layer: share of the node's channels
+    that are that layer's out-channels}, for the nodes outside the layers' chains that
+    carry channels on (:data:`_FOLLOW_OPS`, channel concatenations). The shares of a node
+    after a Concat split its time among the concatenated layers by their channel counts
+    (DenseNet-121's pre-activation BatchNorm, Mul, Add and Relu on every concatenation
+    were 15% of the model, held constant however many channels were kept); what is no
+    layer's (a Reshape, a graph input on the way) is residual."""
     producer = {t: n for n in model.graph.node for t in n.output}
-    follows: dict[str, str] = {}
+    walk = _Carriers(owner, producer, _channel_counts(model))
+    follows: dict[str, dict[str, float]] = {}
     for node in model.graph.node:
-        if node.name in owner or node.op_type not in _FOLLOW_OPS:
+        if node.name in owner or not (node.op_type in _FOLLOW_OPS or _channel_concat(node)):
             continue
-        cur = _carried(node, producer)
-        for _ in range(64):  # a long activation chain is still one layer's channels
-            if cur is None or cur.name in owner:
-                break
-            cur = _carried(cur, producer) if cur.op_type in _FOLLOW_OPS else None
-        if cur is not None and cur.name in owner:
-            follows[node.name] = follows[node.output[0]] = owner[cur.name]
+        carried = walk.of(node)
+        total = sum(carried.values())
+        shares = {layer: c / total for layer, c in carried.items() if layer and total > 0}
+        if shares:
+            follows[node.name] = follows[node.output[0]] = shares
     return follows
+
+
+@dataclass
+class _Carriers:
+    """Whose out-channels a node's output carries: {layer or "": channel count}, where ""
+    is channels of no layer (memoised: DenseNet's concatenations nest 24 deep)."""
+
+    owner: dict[str, str]
+    producer: dict[str, onnx.NodeProto]
+    channels: dict[str, int]
+    memo: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def of(self, node: onnx.NodeProto | None, depth: int = 0) -> dict[str, float]:
+        if node is None or depth > 256:
+            return {"": 1.0}
+        if node.name not in self.memo:
+            self.memo[node.name] = self._walk(node, depth)
+        return self.memo[node.name]
+
+    def _walk(self, node: onnx.NodeProto, depth: int) -> dict[str, float]:
+        if node.name in self.owner:
+            return {self.owner[node.name]: 1.0}
+        if node.op_type in _FOLLOW_OPS:
+            return self.of(_carried(node, self.producer), depth + 1)
+        if not _channel_concat(node):
+            return {"": 1.0}
+        merged: dict[str, float] = {}
+        for t in node.input:
+            width = self.channels.get(t)
+            if not width:  # an unknown width cannot be apportioned
+                return {"": 1.0}
+            part = self.of(self.producer.get(t), depth + 1)
+            norm = width / sum(part.values())
+            for layer, c in part.items():
+                merged[layer] = merged.get(layer, 0.0) + c * norm
+        return merged
+
+
+def _channel_concat(node: onnx.NodeProto) -> bool:
+    axis = next((a.i for a in node.attribute if a.name == "axis"), None)
+    return node.op_type == "Concat" and axis in (1, -3)
+
+
+def _channel_counts(model: onnx.ModelProto) -> dict[str, int]:
+    """Tensor name -> its dimension 1 where shape inference knows it."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - without shapes, concatenations stay residual
+        return {}
+    infos = [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+    counts = {}
+    for info in infos:
+        dims = info.type.tensor_type.shape.dim
+        if len(dims) >= 2 and dims[1].HasField("dim_value"):
+            counts[info.name] = dims[1].dim_value
+    return counts
 
 
 def _carried(node: onnx.NodeProto, producer: dict) -> onnx.NodeProto | None:
@@ -270,13 +336,23 @@ def _carried(node: onnx.NodeProto, producer: dict) -> onnx.NodeProto | None:
     return next((n for n in made if n.op_type != "Constant"), None)
 
 
-def _chain_owners(model: onnx.ModelProto, layers: list[str]) -> dict[str, str]:
-    """node name -> layer name, walking each layer's single-consumer epilogue chain."""
+def _strip(name: str) -> str:
+    while (shorter := _FUSED_AFFIX.sub("", name)) != name:
+        name = shorter
+    return name
+
+
+def _chain_owners(
+    model: onnx.ModelProto, layers: list[str], executed: set[str] = frozenset()
+) -> dict[str, str]:
+    """node name -> layer name, walking each layer's single-consumer epilogue chain
+    (``executed``: the names the profile ran kernels under, see :func:`_fuses`)."""
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
         for t in node.input:
             consumers.setdefault(t, []).append(node)
     by_name = {n.name: n for n in model.graph.node}
+    constant = _constant_tensors(model)
     owner = {}
     for layer in layers:
         node = by_name.get(layer)
@@ -285,5 +361,25 @@ def _chain_owners(model: onnx.ModelProto, layers: list[str]) -> dict[str, str]:
             owner.setdefault(node.name, layer)
             owner.setdefault(node.output[0], layer)
             users = consumers.get(node.output[0], [])
-            node = users[0] if len(users) == 1 and users[0].op_type in _EPILOGUE_OPS else None
+            node = users[0] if len(users) == 1 and _fuses(users[0], constant, executed) else None
     return owner
+
+
+def _fuses(node: onnx.NodeProto, constant: set[str], executed: set[str]) -> bool:
+    """``node`` may be folded into the conv before it: an epilogue op, or a ``Mul`` by a
+    constant that ran no kernel of its own (onnxruntime's Conv-Mul fusion folded it into
+    the weights). The zoo's DenseNet-121 writes each BatchNorm as BN, Mul, Add; the
+    kernel fused from Conv+BN+Mul+Add+Relu is named after the Relu's output, which the
+    chain did not reach with the Mul left out: 59 of its 121 layers had no in-context
+    time, their fused kernels counted as followers on top of the layers' isolated times,
+    and the residual came out at -5.7 ms of 34.8 (pruned variants predicted 11-17% fast).
+    A constant ``Mul`` that runs by itself (PP-OCRv5's affine blocks) stays a follower."""
+    if node.op_type in _EPILOGUE_OPS:
+        return True
+    fused = node.name not in executed and node.output[0] not in executed
+    return node.op_type == "Mul" and fused and any(t in constant for t in node.input)
+
+
+def _constant_tensors(model: onnx.ModelProto) -> set[str]:
+    names = {t.name for t in model.graph.initializer}
+    return names | {t for n in model.graph.node if n.op_type == "Constant" for t in n.output}

@@ -54,10 +54,13 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_ATTRIBUTION = 2
+_ATTRIBUTION = 3
 """Version of the per-node attribution a stored calibration was made with: 1 separated
 the followers; 2 names the HardSwish onnxruntime inlines and gives layout reorders to
-their neighbours (``runtime/node_profile.py``)."""
+their neighbours; 3 walks a conv's chain through a constant Mul that onnxruntime fused
+into it, knows the "fused <gemm>" and "<tensor>_bn"/"_mul" kernel names, and splits a
+node after a channel concatenation among the concatenated layers
+(``runtime/node_profile.py``)."""
 ContextModels = Callable[[onnx.ModelProto], Mapping[str, onnx.ModelProto]]
 """``context_models(model) -> {configuration name: pruned model}`` (see build_cost_model)."""
 Progress = Callable[[int, int, int, str], None]

@@ -130,6 +130,96 @@ def test_nodes_carrying_a_layers_channels_follow_it_and_the_rest_is_residual():
     assert ctx.residual_ms == pytest.approx(22.0)
 
 
+def _affine_bn_model(size: int = 4) -> onnx.ModelProto:
+    """conv c0 -> BN -> Mul(const) -> Add(const) -> Relu -> conv c1 -> Mul(const): the zoo
+    DenseNet's way of writing a BatchNorm."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def const(name, shape, value=1.0):
+        return numpy_helper.from_array(np.full(shape, value, np.float32), name)
+
+    w = [const("w0", (16, 3, 3, 3), 0.1), const("w1", (16, 16, 1, 1), 0.1),
+         *(const(n, (16,)) for n in ("g", "b", "m", "v")), const("s", (16, 1, 1), 2.0),
+         const("o", (16, 1, 1), 0.5), const("s2", (16, 1, 1), 3.0)]  # fmt: skip
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["t0"], name="c0", pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["t0", "g", "b", "m", "v"], ["t1"], name="bn"),
+             helper.make_node("Mul", ["t1", "s"], ["t2"], name="mul"),
+             helper.make_node("Add", ["t2", "o"], ["t3"], name="add"),
+             helper.make_node("Relu", ["t3"], ["t4"], name="relu"),
+             helper.make_node("Conv", ["t4", "w1"], ["t5"], name="c1"),
+             helper.make_node("Mul", ["s2", "t5"], ["y"], name="affine")]  # fmt: skip
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, size, size])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, size, size])
+    graph = helper.make_graph(nodes, "g", [x], [y], w)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    return model
+
+
+def test_a_mul_by_a_constant_fused_into_the_conv_belongs_to_its_chain():
+    """onnxruntime folds Conv+BN+Mul+Add+Relu into one kernel named after the Relu's
+    output; the chain must reach it through the constant Mul, or the layer has no time
+    and its own kernel counts as a follower. A constant Mul that runs a kernel of its
+    own (``affine``: PP-OCRv5's affine blocks) stays a follower."""
+    model = _affine_bn_model()
+    node_ms = {"t4": 3.0, "c1": 2.0, "affine": 1.0}
+    ctx = attribute_to_layers(model, node_ms, ["c0", "c1"], total_ms=6.0)
+    assert ctx.layer_ms == pytest.approx({"c0": 3.0, "c1": 2.0})
+    assert ctx.follower_ms == pytest.approx({"c1": 1.0})
+    assert ctx.residual_ms == pytest.approx(0.0)
+
+
+def test_every_layer_of_a_real_profile_has_in_context_time_with_affine_batchnorms():
+    """On a real profile: both layers get time of their own, and the affine Mul (which the
+    layout transform runs as ``<output>_mul``) follows ``c1``: nothing is residual."""
+    model = _affine_bn_model(size=32)
+    node_ms = OrtCpuBackend(threads=1).node_times(model)
+    ctx = attribute_to_layers(model, node_ms, ["c0", "c1"], 10.0)
+    assert ctx.layer_ms["c0"] > 0 and ctx.layer_ms["c1"] > 0, sorted(node_ms)
+    assert set(ctx.follower_ms) <= {"c1"}, sorted(node_ms)
+    assert ctx.residual_ms == pytest.approx(0.0, abs=1e-9), sorted(node_ms)
+
+
+def test_nodes_after_a_concatenation_follow_its_layers_by_channel_share():
+    """cat(c0: 8 ch, c1: 24 ch, x: 3 ch) -> Relu: the concat and the Relu carry 8/35 of
+    c0's channels, 24/35 of c1's and 3/35 that are no layer's (residual)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = [numpy_helper.from_array(np.ones((8, 3, 1, 1), np.float32), "w0"),
+         numpy_helper.from_array(np.ones((24, 3, 1, 1), np.float32), "w1")]  # fmt: skip
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["t0"], name="c0"),
+             helper.make_node("Conv", ["x", "w1"], ["t1"], name="c1"),
+             helper.make_node("Concat", ["t0", "t1", "x"], ["t2"], name="cat", axis=1),
+             helper.make_node("Relu", ["t2"], ["y"], name="relu")]  # fmt: skip
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 35, 4, 4])
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], w))
+    node_ms = {"c0": 1.0, "c1": 2.0, "cat": 14.0, "y": 21.0}
+    ctx = attribute_to_layers(model, node_ms, ["c0", "c1"], total_ms=38.0)
+    assert ctx.layer_ms == pytest.approx({"c0": 1.0, "c1": 2.0})
+    assert ctx.follower_ms == pytest.approx({"c0": 35.0 * 8 / 35, "c1": 35.0 * 24 / 35})
+    assert ctx.residual_ms == pytest.approx(35.0 * 3 / 35)
+
+
+def test_a_gemm_fused_with_its_activation_keeps_its_time():
+    """onnxruntime names a Gemm+Relu kernel "fused <gemm>": it is still the Gemm's."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = [numpy_helper.from_array(np.ones((256, 512), np.float32), "w1"),
+         numpy_helper.from_array(np.ones((10, 256), np.float32), "w2")]  # fmt: skip
+    nodes = [helper.make_node("Gemm", ["x", "w1"], ["t0"], name="fc1", transB=1),
+             helper.make_node("Relu", ["t0"], ["t1"], name="relu"),
+             helper.make_node("Gemm", ["t1", "w2"], ["y"], name="fc2", transB=1)]  # fmt: skip
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 512])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], w))
+    model.ir_version = 8
+    node_ms = OrtCpuBackend(threads=1).node_times(model)
+    ctx = attribute_to_layers(model, node_ms, ["fc1", "fc2"], 10.0)
+    assert ctx.layer_ms["fc1"] > 0 and ctx.layer_ms["fc2"] > 0, sorted(node_ms)
+    assert ctx.residual_ms == pytest.approx(0.0, abs=1e-9), sorted(node_ms)
+
+
 def test_profiled_hardswish_keeps_its_name_and_follows_its_layer():
     """onnxruntime inlines HardSwish as nodes it names ``HardSigmoid_<n>``/``Mul_<n>``;
     the profiler writes it out under the node's own name, so a real profile attributes

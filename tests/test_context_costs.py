@@ -295,12 +295,15 @@ def test_a_calibration_stored_before_followers_is_measured_again(tmp_path):
         first = build_cost_model(model, LayoutMachine(), "cpu", db, FAST)
         key = ("cpu", LayoutMachine().fingerprint_hash(), model_key(normalize_model(model)))
         stored = db.get_calibration(*key)
-        assert stored is not None and "followers" in stored and stored["attribution"] == 2
-        for dropped in (("followers", "attribution"), ("attribution",)):  # versions 0 and 1
-            old = {k: v for k, v in stored.items() if k not in dropped}
+        current = stored["attribution"]
+        assert "followers" in stored and current >= 3
+        # versions 0 and 1 lack the keys; 2 did not walk a conv's chain through a fused Mul
+        for old in ({k: v for k, v in stored.items() if k not in ("followers", "attribution")},
+                    {k: v for k, v in stored.items() if k != "attribution"},
+                    {**stored, "attribution": 2}):  # fmt: skip
             db.put_calibration(*key, {**old, "residual_ms": 99.0})
             again = build_cost_model(model, LayoutMachine(), "cpu", db, FAST)
-            assert db.get_calibration(*key)["attribution"] == 2
+            assert db.get_calibration(*key)["attribution"] == current
             assert again.residual_ms == pytest.approx(first.residual_ms) != 99.0
 
 

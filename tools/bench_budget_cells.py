@@ -13,8 +13,16 @@ cell reports measured/original against the budget: the paired per-round ratio (m
 over rounds of pruned/original timed in the same round) and the ratio of the medians.
 Goal (issue 16): within 5% in all 15.
 
+``--channel-multiples 4 1`` runs every cell once per value of ``plan.channel_multiple``
+(the ``cpu`` target's alignment rule; 1 turns it off, leaving alignment to the measured
+in-context penalties) on one profile database, and times all of a network's models in
+the same interleaved run: does the measured penalty alone plan as well as the rule?
+
+``--networks`` also takes ``.onnx`` files (``examples/digits_resnet.onnx``), with a
+static input shape where the file's is dynamic (``PATH/cls.onnx:x=1x3x48x192``).
+
 Usage: python tools/bench_budget_cells.py --out results.json [--networks ...]
-       [--budgets 0.5 0.7 0.9] [--image-size 224] [--rounds 9]
+       [--budgets 0.5 0.7 0.9] [--image-size 224] [--rounds 9] [--channel-multiples 4 1]
 Pin it to an idle core (``taskset -c 1``) on a shared machine; the jobs run at 1 thread.
 """
 
@@ -27,7 +35,9 @@ import sys
 import time
 from pathlib import Path
 
-from onnx_hwprune.api import prune
+import onnx
+
+from onnx_hwprune import PassContext, prune
 from onnx_hwprune.runtime.targets import get_target
 from onnx_hwprune.runtime.timing import TimingConfig, measure, paired_ratio
 from onnx_hwprune.testing.zoo import benchmark_network
@@ -35,15 +45,24 @@ from onnx_hwprune.testing.zoo import benchmark_network
 TOLERANCE = 0.05
 
 
-def _job(model, budget: float, db: Path) -> dict:
+def _job(model, budget: float, db: Path, multiple: int | None) -> dict:
     began = time.perf_counter()
+    config = {} if multiple is None else {"plan.channel_multiple": multiple}
     result = prune(model, latency_budget=str(budget), threads=1, profile_db=db,
-                   synthetic_data="off")  # fmt: skip
+                   synthetic_data="off", ctx=PassContext(config=config))  # fmt: skip
     latency = result.report.get("latency", {})
     rounds = latency.get("closed_loop") or []
     return {"model": result.model, "seconds": round(time.perf_counter() - began, 1),
             "macs_kept": _macs_kept(result.report), "closed_loop_rounds": len(rounds),
-            "job_measured": latency.get("measured"), "reason": result.reason}  # fmt: skip
+            "job_measured": latency.get("measured"), "reason": result.reason,
+            "channel_multiple": multiple, "unaligned_groups": _unaligned(result.plan)}  # fmt: skip
+
+
+def _unaligned(plan) -> list[int] | None:
+    """Kept counts of the cut groups that are not multiples of 4 (what the rule forbids)."""
+    if plan is None:
+        return None
+    return sorted(len(g.keep) for g in plan.groups.values() if g.removed and len(g.keep) % 4)
 
 
 def _macs_kept(report: dict) -> float | None:
@@ -51,10 +70,25 @@ def _macs_kept(report: dict) -> float | None:
     return round(after / before, 4) if before and after else None
 
 
+def _load(name: str, size: int) -> onnx.ModelProto:
+    """A network built in code, a file, or ``PATH:input=1x3x48x192`` (a file fixed to a
+    static shape, as PP-OCRv5's models need)."""
+    path, _, shape = name.partition(":")
+    if not path.endswith(".onnx"):
+        return benchmark_network(name, size)
+    if not shape:
+        return onnx.load(path)
+    from onnx_hwprune.frontends.onnx import normalize_model
+
+    input_name, _, dims = shape.partition("=")
+    return normalize_model(path, {input_name: [int(d) for d in dims.split("x")]})
+
+
 def bench_network(name: str, args) -> list[dict]:
-    model = benchmark_network(name, args.image_size)
-    jobs = {b: _job(model, b, args.out.with_suffix(".sqlite")) for b in args.budgets}
-    models = {"original": model} | {b: j["model"] for b, j in jobs.items() if j["model"]}
+    model = _load(name, args.image_size)
+    db = args.out.with_suffix(".sqlite")
+    jobs = {(b, m): _job(model, b, db, m) for b in args.budgets for m in args.channel_multiples}
+    models = {"original": model} | {k: j["model"] for k, j in jobs.items() if j["model"]}
     backend = get_target("cpu").make_backend(threads=1)
     runnables = {k: backend.prepare(m) for k, m in models.items()}
     try:
@@ -65,8 +99,8 @@ def bench_network(name: str, args) -> list[dict]:
             r.close()
     orig = timings["original"]
     rows = []
-    for budget, job in jobs.items():
-        got = timings.get(budget)
+    for (budget, _), job in jobs.items():
+        got = timings.get((budget, job["channel_multiple"]))
         ratio, ratio_spread = paired_ratio(got, orig) if got else (None, None)
         rows.append({"network": name, "budget": budget, "original_ms": orig.median_ms,
                      "pruned_ms": got.median_ms if got else None, "ratio": ratio,
@@ -79,16 +113,18 @@ def bench_network(name: str, args) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| network | budget | measured / original (paired; spread) | vs budget | MACs kept "
-             "| loop rounds | job time |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| network | budget | channel_multiple | measured / original (paired; spread) "
+             "| vs budget | MACs kept | groups kept at counts not multiples of 4 | loop rounds "
+             "| job time |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
+        head = f"| {r['network']} | {r['budget']} | {r['channel_multiple'] or 'target'} |"
         if r["ratio"] is None:
-            lines.append(f"| {r['network']} | {r['budget']} | not pruned: {r['reason']} | | | | |")
+            lines.append(f"{head} not pruned: {r['reason']} | | | | | |")
             continue
         ok = "" if abs(r["miss"]) <= TOLERANCE else " (missed)"
-        lines.append(f"| {r['network']} | {r['budget']} | {r['ratio']:.3f} "
-                     f"({100 * r['ratio_spread']:.0f}%) | {100 * r['miss']:+.1f}%{ok} | "
-                     f"{r['macs_kept']} | {r['closed_loop_rounds']} | "
+        lines.append(f"{head} {r['ratio']:.3f} ({100 * r['ratio_spread']:.0f}%) | "
+                     f"{100 * r['miss']:+.1f}%{ok} | {r['macs_kept']} | "
+                     f"{r['unaligned_groups']} | {r['closed_loop_rounds']} | "
                      f"{r['seconds']} s |")  # fmt: skip
     return "\n".join(lines)
 
@@ -101,6 +137,13 @@ def main() -> int:
     p.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.7, 0.9])
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--rounds", type=int, default=9)
+    p.add_argument(
+        "--channel-multiples",
+        nargs="+",
+        type=int,
+        default=[None],
+        help="plan.channel_multiple values to compare (default: the target's)",
+    )
     args = p.parse_args()
     rows: list[dict] = []
     for name in args.networks:
