@@ -276,7 +276,8 @@ def _followers(model: onnx.ModelProto, owner: dict[str, str]) -> dict[str, dict[
 @dataclass
 class _Carriers:
     """Whose out-channels a node's output carries: {layer or "": channel count}, where ""
-    is channels of no layer (memoised: DenseNet's concatenations nest 24 deep)."""
+    is channels of no layer (memoised by output tensor, which unlike a node's name is
+    never empty: DenseNet's concatenations nest 24 deep)."""
 
     owner: dict[str, str]
     producer: dict[str, onnx.NodeProto]
@@ -286,9 +287,10 @@ class _Carriers:
     def of(self, node: onnx.NodeProto | None, depth: int = 0) -> dict[str, float]:
         if node is None or depth > 256:
             return {"": 1.0}
-        if node.name not in self.memo:
-            self.memo[node.name] = self._walk(node, depth)
-        return self.memo[node.name]
+        key = node.output[0]
+        if key not in self.memo:
+            self.memo[key] = self._walk(node, depth)
+        return self.memo[key]
 
     def _walk(self, node: onnx.NodeProto, depth: int) -> dict[str, float]:
         if node.name in self.owner:
