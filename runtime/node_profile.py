@@ -32,6 +32,7 @@ import os
 import re
 import statistics
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import onnx
@@ -240,15 +241,23 @@ def attribute_to_layers(
 
 
 def _known(name: str, owner: dict, follows: dict) -> str:
-    """``name`` less the suffixes fusions and this module append, until it names a node
-    a layer owns or follows (``<node>/hardswish_gate/reorder``), else as it came."""
-    base = name
-    while base not in owner and base not in follows:
-        shorter = _FUSED_AFFIX.sub("", base)
-        if shorter == base:
-            return name
-        base = shorter
-    return base
+    """``name`` less the affixes fusions and this module add, until it names a node a
+    layer owns or follows (``<node>/hardswish_gate/reorder``), else as it came."""
+    return next((n for n in _shorter(name) if n in owner or n in follows), name)
+
+
+def _strip(name: str) -> str:
+    """``name`` less every affix: the model's node or tensor a kernel ran for."""
+    *_, bare = _shorter(name)
+    return bare
+
+
+def _shorter(name: str) -> Iterator[str]:
+    """``name``, then each form of it with one more round of affixes stripped."""
+    yield name
+    while (shorter := _FUSED_AFFIX.sub("", name)) != name:
+        name = shorter
+        yield name
 
 
 def _followers(model: onnx.ModelProto, owner: dict[str, str]) -> dict[str, dict[str, float]]:
@@ -336,12 +345,6 @@ def _carried(node: onnx.NodeProto, producer: dict) -> onnx.NodeProto | None:
     produced (``scale * x`` names the constant first: PP-OCRv5's affine blocks)."""
     made = (producer[t] for t in node.input if t in producer)
     return next((n for n in made if n.op_type != "Constant"), None)
-
-
-def _strip(name: str) -> str:
-    while (shorter := _FUSED_AFFIX.sub("", name)) != name:
-        name = shorter
-    return name
 
 
 def _chain_owners(
