@@ -40,7 +40,10 @@ import onnx
 from onnx_hwprune import PassContext, prune
 from onnx_hwprune.runtime.targets import get_target
 from onnx_hwprune.runtime.timing import TimingConfig, measure, paired_ratio
-from onnx_hwprune.testing.zoo import benchmark_network
+from onnx_hwprune.testing.zoo import BENCHMARK_NETWORKS, benchmark_network
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_latency_model import _load as load_network  # noqa: E402
 
 TOLERANCE = 0.05
 
@@ -71,17 +74,12 @@ def _macs_kept(report: dict) -> float | None:
 
 
 def _load(name: str, size: int) -> onnx.ModelProto:
-    """A network built in code, a file, or ``PATH:input=1x3x48x192`` (a file fixed to a
-    static shape, as PP-OCRv5's models need)."""
-    path, _, shape = name.partition(":")
-    if not path.endswith(".onnx"):
+    """A network built in code, as the builders make it, or a model file read as the
+    latency benchmark reads it (``PATH:input=1x3x48x192`` fixes a static shape, as
+    PP-OCRv5's models need)."""
+    if name in BENCHMARK_NETWORKS:
         return benchmark_network(name, size)
-    if not shape:
-        return onnx.load(path)
-    from onnx_hwprune.frontends.onnx import normalize_model
-
-    input_name, _, dims = shape.partition("=")
-    return normalize_model(path, {input_name: [int(d) for d in dims.split("x")]})
+    return load_network(name, size)
 
 
 def bench_network(name: str, args) -> list[dict]:
