@@ -27,12 +27,12 @@ is left as is and counted in the summary.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_graphsurgeon as gs
-from scipy.special import ndtr
 
 from onnx_hwprune.passes.analysis._context import const_values
 from onnx_hwprune.passes.analysis.groups import ChannelGroups
@@ -91,10 +91,17 @@ def expected_activation(
     if f == "relu":
         z = np.divide(mu, sigma, out=np.zeros_like(mu), where=sigma > 0)
         pdf = np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi)
-        return np.where(sigma > 0, mu * ndtr(z) + sigma * pdf, np.maximum(mu, 0.0))
+        return np.where(sigma > 0, mu * _normal_cdf(z) + sigma * pdf, np.maximum(mu, 0.0))
     nodes, weights = _HERMITE
     x = mu[:, None] + np.sqrt(2.0) * sigma[:, None] * nodes[None, :]
     return (f(x) * weights[None, :]).sum(axis=1) / np.sqrt(np.pi)
+
+
+def _normal_cdf(z: np.ndarray) -> np.ndarray:
+    """Standard normal CDF, by ``erfc`` so the lower tail keeps its precision. scipy is
+    not a dependency of the base install (it was imported here, and the Quickstart's
+    fresh install failed on it); one value per channel, so a Python loop is cheap."""
+    return 0.5 * np.vectorize(math.erfc, otypes=[np.float64])(-z / math.sqrt(2.0))
 
 
 def _bn_stats(node: gs.Node) -> tuple[np.ndarray, np.ndarray] | None:
